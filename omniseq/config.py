@@ -1,0 +1,76 @@
+"""Typed configs: dataclass defaults <- YAML file(s) <- `key=value` overrides (as lingua and OLMo-core).
+
+A YAML file may start with `base: other.yaml` (relative to itself) to inherit from another file.
+Unknown keys and values of the wrong type are errors that name the file and the key, raised before
+any work starts. The resolved config is saved beside every checkpoint and shard set (`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; names the source and the key."""
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """The chain of (source, mapping) for `path`, bases first."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: `base` chain loops back on itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("base", None)
+    chain = _read_yaml(path.parent / base, (*seen, path)) if base else []
+    return [*chain, (str(path), data)]
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a `schema` dataclass from its defaults, the YAML at `path` and `key=value` overrides."""
+    merged = OmegaConf.structured(schema)
+    sources = _read_yaml(Path(path)) if path else []
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r}: expected key=value")
+    sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for source, data in sources:
+        try:
+            merged = OmegaConf.merge(merged, data)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(f"{source}: key {key!r}: {_first_line(e)}") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path or 'config'}: key {getattr(e, 'full_key', '?')!r}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

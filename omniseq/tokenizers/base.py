@@ -1,0 +1,143 @@
+"""The protocol every media tokenizer implements, and the registry that loads them by kind.
+
+A tokenizer directory holds `tokenizer.json` ({"kind": ..., "config": {...}}) and, for learned
+tokenizers, `weights.safetensors`. Its fingerprint (sha256 of the canonical config and of every
+weight tensor's bytes) goes into the vocabulary manifest, so the vocab hash changes exactly when a
+tokenizer's config or weights change.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from omniseq.vocab import CodebookSpec, canonical_json
+
+_REGISTRY: dict[str, type[MediaTokenizer]] = {}
+# Modules that register kinds when imported; load_tokenizer imports them lazily so that reading a
+# text-only setup never pays for the media stacks.
+_KIND_MODULES = ("omniseq.tokenizers.image", "omniseq.tokenizers.audio", "omniseq.tokenizers.video")
+CONFIG_FILE, WEIGHTS_FILE = "tokenizer.json", "weights.safetensors"
+
+
+def register_tokenizer(cls: type[MediaTokenizer]) -> type[MediaTokenizer]:
+    """Class decorator: make `cls` loadable by its `kind`."""
+    if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
+        raise ValueError(f"tokenizer kind {cls.kind!r} registered twice")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def _import_kind_modules() -> None:
+    for name in _KIND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module exists but one of its own imports is missing
+                raise
+
+
+def registered_kinds() -> list[str]:
+    _import_kind_modules()
+    return sorted(_REGISTRY)
+
+
+def fingerprint(config: dict, weights: dict[str, torch.Tensor] | None = None) -> str:
+    """sha256 over the canonical config JSON and each weight's name, dtype, shape and bytes."""
+    h = hashlib.sha256(canonical_json(config).encode())
+    for name in sorted(weights or {}):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class MediaTokenizer(abc.ABC):
+    """encode(media) -> integer codes; decode(codes) -> media.
+
+    Code shapes: image [rows, cols]; audio [layers, frames]; video [frames, rows, cols].
+    Subclasses set `kind` and `modality`, implement the abstract methods and, when learned, return
+    their tensors from `weights()` and accept them in `from_config(config, weights)`.
+    """
+
+    kind: ClassVar[str]
+    modality: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int: ...
+
+    @property
+    def num_layers(self) -> int:
+        return 1
+
+    @abc.abstractmethod
+    def encode(self, media: Any) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def decode(self, codes: np.ndarray) -> Any: ...
+
+    @abc.abstractmethod
+    def tokens_for(self, media: Any) -> int:
+        """Number of codes `encode(media)` yields (without sentinels or structure tokens)."""
+
+    @abc.abstractmethod
+    def config_dict(self) -> dict: ...
+
+    @abc.abstractmethod
+    def codebook_spec(self) -> CodebookSpec:
+        """What the vocabulary layout records about this tokenizer (fingerprint included)."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: dict, weights: dict[str, torch.Tensor] | None = None) -> MediaTokenizer: ...
+
+    def fingerprint(self) -> str:
+        return fingerprint({"kind": self.kind, **self.config_dict()}, self.weights())
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.weights().items()}
+        if weights:
+            save_file(weights, d / WEIGHTS_FILE)
+        (d / CONFIG_FILE).write_text(json.dumps({"kind": self.kind, "config": self.config_dict()}, indent=2) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MediaTokenizer:
+        return load_tokenizer(directory, expect=cls)
+
+
+def load_tokenizer(directory: str | Path, expect: type | None = None) -> MediaTokenizer:
+    """Rebuild a saved tokenizer from `directory`; a missing path is an error naming it."""
+    d = Path(directory)
+    cfg_path = d / CONFIG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no tokenizer at {d}: {cfg_path} is missing (train one or fix the path)")
+    try:
+        spec = json.loads(cfg_path.read_text())
+        kind, config = spec["kind"], spec["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: expected JSON with 'kind' and 'config' ({e})") from e
+    if kind not in _REGISTRY:
+        _import_kind_modules()
+    if kind not in _REGISTRY:
+        raise ValueError(f"{cfg_path}: unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
+    cls = _REGISTRY[kind]
+    if expect is not None and expect is not MediaTokenizer and not issubclass(cls, expect):
+        raise TypeError(f"{cfg_path}: holds a {kind!r} tokenizer, not a {expect.__name__}")
+    weights_path = d / WEIGHTS_FILE
+    weights = load_file(weights_path) if weights_path.exists() else None
+    return cls.from_config(config, weights)
