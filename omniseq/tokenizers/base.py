@@ -28,6 +28,14 @@ _KIND_MODULES = ("omniseq.tokenizers.image", "omniseq.tokenizers.audio", "omnise
 CONFIG_FILE, WEIGHTS_FILE = "tokenizer.json", "weights.safetensors"
 
 
+class MediaError(ValueError):
+    """Media that cannot be read or used (corrupt, empty, too large, wrong format); names the file."""
+
+    def __init__(self, source: object, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
+
+
 def register_tokenizer(cls: type[MediaTokenizer]) -> type[MediaTokenizer]:
     """Class decorator: make `cls` loadable by its `kind`."""
     if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:

@@ -22,4 +22,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from omniseq.cli import run
+
+    run(main)
