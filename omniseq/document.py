@@ -83,7 +83,8 @@ def segment_from_json(obj: Any, base_dir: str | Path | None = None, where: str =
     extra = set(obj) - set(MODALITIES) - {"role", "loss"}
     if len(kinds) != 1 or extra:
         raise ValueError(
-            f"{where}: expected exactly one of {list(MODALITIES)} plus optional 'role'/'loss', got keys {sorted(obj)}"
+            f"{where}: expected exactly one of {list(MODALITIES)} plus optional 'role'/'loss', "
+            f"got keys {sorted(obj)}"
         )
     mod = kinds[0]
     value = obj[mod]
@@ -139,7 +140,9 @@ class DocumentCodec:
         for mod, tok in self.media.items():
             want = self.layout.codebook(mod).fingerprint
             if want and tok.fingerprint() != want:
-                raise VocabMismatchError(f"{mod} tokenizer fingerprint {tok.fingerprint()} differs from the layout's {want}")
+                raise VocabMismatchError(
+                    f"{mod} tokenizer fingerprint {tok.fingerprint()} differs from the layout's {want}"
+                )
         L = self.layout
         self._bos, self._eos, self._end = L.id("<bos>"), L.id("<eos>"), L.id("<|end|>")
         self._role_ids = {r: L.id(f"<|{r}|>") for r in ROLES if f"<|{r}|>" in L.special_ids}

@@ -144,7 +144,10 @@ class VocabLayout:
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def build(
-        cls, text: TextSpec, codebooks: list[CodebookSpec] | tuple = (), specials: tuple[str, ...] = SPECIAL_TOKENS
+        cls,
+        text: TextSpec,
+        codebooks: list[CodebookSpec] | tuple = (),
+        specials: tuple[str, ...] = SPECIAL_TOKENS,
     ) -> VocabLayout:
         """Assign offsets: text, then specials, then each owned codebook range in MEDIA order."""
         by_mod = {}
@@ -198,7 +201,9 @@ class VocabLayout:
                 if tok not in self.specials:
                     raise VocabError(f"{where} needs special token {tok}, absent from the layout")
         ranges = [("text+specials", 0, self.text.size + len(self.specials))]
-        ranges += [(m, c.offset, c.offset + c.range_size) for m, c in self.codebooks.items() if c.shares is None]
+        ranges += [
+            (m, c.offset, c.offset + c.range_size) for m, c in self.codebooks.items() if c.shares is None
+        ]
         ranges.sort(key=lambda r: r[1])
         for (n1, lo1, hi1), (n2, lo2, hi2) in zip(ranges, ranges[1:]):
             if lo1 < 0 or lo2 < hi1:
@@ -222,7 +227,9 @@ class VocabLayout:
             "size": self.text.size + len(self.specials) + sum(c.range_size for c in self._owners()),
             "text": asdict(self.text),
             "specials": {name: self.text.size + i for i, name in enumerate(self.specials)},
-            "codebooks": {m: {**asdict(c), "grid": list(c.grid) if c.grid else None} for m, c in self.codebooks.items()},
+            "codebooks": {
+                m: {**asdict(c), "grid": list(c.grid) if c.grid else None} for m, c in self.codebooks.items()
+            },
         }
 
     def save(self, path: str | Path) -> Path:
@@ -230,7 +237,9 @@ class VocabLayout:
         if path.is_dir() or path.suffix != ".json":
             path = path / "manifest.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**self.manifest(), "vocab_hash": self.hash}, indent=2, sort_keys=True) + "\n")
+        path.write_text(
+            json.dumps({**self.manifest(), "vocab_hash": self.hash}, indent=2, sort_keys=True) + "\n"
+        )
         return path
 
     @classmethod
@@ -252,7 +261,9 @@ class VocabLayout:
         layout = cls(text, tuple(n for n, _ in specials), cbs)
         recorded = m.get("vocab_hash")
         if recorded is not None and recorded != layout.hash:
-            raise VocabMismatchError(f"{where}: recorded vocab_hash {recorded} does not match content {layout.hash}")
+            raise VocabMismatchError(
+                f"{where}: recorded vocab_hash {recorded} does not match content {layout.hash}"
+            )
         return layout
 
     @classmethod
@@ -269,7 +280,7 @@ class VocabLayout:
         return cls.from_manifest(m, where=str(path))
 
     def check_hash(self, other: str, what: str) -> None:
-        """Fail with both hashes named when `what` (a shard set, a checkpoint) was built for another layout."""
+        """Fail, naming both hashes, when `what` (a shard set, a checkpoint) was built for another layout."""
         if other != self.hash:
             raise VocabMismatchError(
                 f"vocab hash mismatch: {what} was built for vocab {other}, but the tokenizers' layout is "
@@ -290,7 +301,9 @@ class VocabLayout:
 
     def codebook(self, modality: str) -> CodebookSpec:
         if modality not in self.codebooks:
-            raise KeyError(f"modality {modality!r} has no codebook in this layout (has {sorted(self.codebooks)})")
+            raise KeyError(
+                f"modality {modality!r} has no codebook in this layout (has {sorted(self.codebooks)})"
+            )
         return self.codebooks[modality]
 
     def modality_table(self) -> np.ndarray:
@@ -311,13 +324,17 @@ class VocabLayout:
         if not np.issubdtype(codes.dtype, np.integer):
             raise ValueError(f"{modality} codes must be integers, got dtype {codes.dtype}")
         if codes.size and (codes.min() < 0 or codes.max() >= cb.codebook_size):
-            raise ValueError(f"{modality} codes must lie in [0, {cb.codebook_size}), got [{codes.min()}, {codes.max()}]")
+            raise ValueError(
+                f"{modality} codes must lie in [0, {cb.codebook_size}), got [{codes.min()}, {codes.max()}]"
+            )
         base = self.code_range(modality)[0]
         if modality == "image":
             body = self._grid_ids(cb, codes, base, "image codes")
         elif modality == "video":
             if codes.ndim != 3 or codes.shape[0] == 0:
-                raise ValueError(f"video codes must be [frames, rows, cols] with frames >= 1, got {codes.shape}")
+                raise ValueError(
+                    f"video codes must be [frames, rows, cols] with frames >= 1, got {codes.shape}"
+                )
             sep = [self.id("<|frame|>")]
             parts = []
             for t, frame in enumerate(codes):
@@ -413,7 +430,9 @@ class VocabLayout:
             uneven = np.flatnonzero((widths != widths[0]) | (widths == 0))
             if uneven.size:
                 k = int(uneven[0])
-                raise DecodeError(at + int(cuts[k]), row_end, f"row {k} has {widths[k]} codes, row 0 has {widths[0]}")
+                raise DecodeError(
+                    at + int(cuts[k]), row_end, f"row {k} has {widths[k]} codes, row 0 has {widths[0]}"
+                )
             grid = np.delete(body, cuts).reshape(len(cuts), int(widths[0]))
         elif cb.grid is None:
             raise DecodeError(at, int(body[0]), "the layout has neither row ends nor a fixed grid")
@@ -422,12 +441,16 @@ class VocabLayout:
         else:
             grid = body.reshape(cb.grid)
         if cb.grid is not None and tuple(grid.shape) != tuple(cb.grid):
-            raise DecodeError(at, int(body[0]), f"grid {tuple(grid.shape)} differs from the layout's {tuple(cb.grid)}")
+            raise DecodeError(
+                at, int(body[0]), f"grid {tuple(grid.shape)} differs from the layout's {tuple(cb.grid)}"
+            )
         return grid - lo
 
 
 # -- RVQ flattening ---------------------------------------------------------------------------------
-def flatten_codes(codes: np.ndarray, pattern: str, K: int, offset: int, sep_id: int, num_layers: int) -> np.ndarray:
+def flatten_codes(
+    codes: np.ndarray, pattern: str, K: int, offset: int, sep_id: int, num_layers: int
+) -> np.ndarray:
     """Codes [L, F] -> flat ids, layer l's codes at offset + l*K.
 
     frame  f1l1 f1l2 .. f1lL f2l1 ..   (AnyGPT music: frame-major)
@@ -471,7 +494,9 @@ def unflatten_ids(
         grid = np.stack(layers)
     else:
         if len(ids) % L:
-            raise DecodeError(at + len(ids) - 1, int(ids[-1]), f"{len(ids)} codes is not a whole number of {L}-layer frames")
+            raise DecodeError(
+                at + len(ids) - 1, int(ids[-1]), f"{len(ids)} codes is not a whole number of {L}-layer frames"
+            )
         grid = ids.reshape(-1, L).T
     expect_lo = offset + K * np.arange(L)[:, None]
     rel = grid - expect_lo
@@ -479,5 +504,9 @@ def unflatten_ids(
     if len(bad):
         layer, frame = (int(x) for x in bad[0])
         pos = at + (layer * (grid.shape[1] + 1) + frame if pattern == "layer" else frame * L + layer)
-        raise DecodeError(pos, int(grid[layer, frame]), f"not a layer-{layer} audio code [{expect_lo[layer, 0]}, {expect_lo[layer, 0] + K})")
+        raise DecodeError(
+            pos,
+            int(grid[layer, frame]),
+            f"not a layer-{layer} audio code [{expect_lo[layer, 0]}, {expect_lo[layer, 0] + K})",
+        )
     return rel

@@ -11,7 +11,9 @@ import pytest
 from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig
 from omniseq.vocab import CodebookSpec, VocabLayout
 
-SHARED_DATA = Path(os.environ.get("OMNISEQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("OMNISEQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 WORDS = (
     "the a cat dog sat ran on under mat red green blue circle square 1 2 3 42 2026 "
@@ -35,7 +37,7 @@ def text_tokenizer(tmp_path_factory) -> TextTokenizer:
 
 @pytest.fixture(scope="session")
 def tiny_layout(text_tokenizer) -> VocabLayout:
-    """Every modality: image 2x3 grid with row ends, audio 3 RVQ layers layer-major, video on the image range."""
+    """Every modality: image 2x3 grid with row ends, audio 3 RVQ layers layer-major, video on image ids."""
     return VocabLayout.build(
         text_tokenizer.spec(),
         [

@@ -4,7 +4,20 @@ Every media tokenizer implements `MediaTokenizer` (base.py) and registers itself
 `load_tokenizer(dir)` can rebuild any saved tokenizer from its `tokenizer.json`.
 """
 
-from omniseq.tokenizers.base import MediaError, MediaTokenizer, load_tokenizer, register_tokenizer, registered_kinds
+from omniseq.tokenizers.base import (
+    MediaError,
+    MediaTokenizer,
+    load_tokenizer,
+    register_tokenizer,
+    registered_kinds,
+)
 from omniseq.tokenizers.text import TextTokenizer
 
-__all__ = ["MediaError", "MediaTokenizer", "TextTokenizer", "load_tokenizer", "register_tokenizer", "registered_kinds"]
+__all__ = [
+    "MediaError",
+    "MediaTokenizer",
+    "TextTokenizer",
+    "load_tokenizer",
+    "register_tokenizer",
+    "registered_kinds",
+]

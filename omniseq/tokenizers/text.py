@@ -20,6 +20,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from omniseq.config import ConfigError
 from omniseq.vocab import TextSpec
 
 MODEL_FILE, CONFIG_FILE = "tokenizer.model", "text_tokenizer.json"
@@ -51,7 +52,9 @@ class CorpusError(ValueError):
     """A corpus line that cannot be used; names the file and the line."""
 
 
-def iter_corpus_lines(paths: Iterable[str | Path], cfg: TextTrainConfig, report: CorpusReport) -> Iterator[str]:
+def iter_corpus_lines(
+    paths: Iterable[str | Path], cfg: TextTrainConfig, report: CorpusReport
+) -> Iterator[str]:
     """Yield the non-empty lines of text files, checking NUL bytes and UTF-8 per line."""
     if cfg.on_bad_line not in ("raise", "skip"):
         raise ValueError(f"on_bad_line must be 'raise' or 'skip', got {cfg.on_bad_line!r}")
@@ -141,12 +144,21 @@ class TextTokenizer:
         """Train a byte-fallback BPE on text files; writes tokenizer.model and text_tokenizer.json."""
         cfg = cfg or TextTrainConfig()
         report = CorpusReport()
-        lines = iter_corpus_lines(list(inputs), cfg, report)
+        failure: list[Exception] = []
+
+        def lines() -> Iterator[str]:
+            # sentencepiece turns an exception raised inside the iterator into an opaque RuntimeError:
+            # keep ours (it names the file and line) and re-raise it after training stops.
+            try:
+                yield from iter_corpus_lines(list(inputs), cfg, report)
+            except (CorpusError, FileNotFoundError) as e:
+                failure.append(e)
+
         model = io.BytesIO()
         spm.set_random_generator_seed(cfg.seed)  # deterministic sentence sampling
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines,
+                sentence_iterator=lines(),
                 model_writer=model,
                 model_type="bpe",
                 vocab_size=cfg.vocab_size,
@@ -169,11 +181,23 @@ class TextTokenizer:
                 minloglevel=2,
             )
         except RuntimeError as e:
+            if failure:
+                raise failure[0] from None
             if report.lines == 0:
                 raise CorpusError(f"no usable text lines in {report.files} file(s)") from e
+            if "smaller than required_chars" in str(e):
+                need = str(e).split("smaller than required_chars.")[1].split(".")[0].strip()
+                raise ConfigError(
+                    f"vocab_size: the corpus's characters and byte pieces need more ids ({need}); "
+                    "raise vocab_size or lower character_coverage"
+                ) from None
             raise RuntimeError(f"sentencepiece training failed on {report.lines} lines: {e}") from e
+        if failure:
+            raise failure[0]
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / MODEL_FILE).write_bytes(model.getvalue())
-        (out / CONFIG_FILE).write_text(json.dumps({"train": asdict(cfg), "corpus": asdict(report)}, indent=2) + "\n")
+        (out / CONFIG_FILE).write_text(
+            json.dumps({"train": asdict(cfg), "corpus": asdict(report)}, indent=2) + "\n"
+        )
         return cls(out / MODEL_FILE), report
