@@ -6,10 +6,12 @@ import sys
 from collections.abc import Callable
 
 from omniseq.config import ConfigError
+from omniseq.data.shardset import DataError
+from omniseq.sample.constraints import ConstraintError
 from omniseq.tokenizers.base import MediaError
 from omniseq.vocab import VocabError
 
-USER_ERRORS = (ConfigError, VocabError, MediaError, FileNotFoundError)
+USER_ERRORS = (ConfigError, VocabError, MediaError, DataError, ConstraintError, FileNotFoundError)
 
 
 def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:

@@ -58,9 +58,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(
-            f"{path or 'config'}: key {getattr(e, 'full_key', '?')!r}: {_first_line(e)}"
-        ) from None
+        raise ConfigError(f"{path or 'config'}: key {getattr(e, 'full_key', '?')!r}: {_first_line(e)}") from None
 
 
 def _first_line(e: Exception) -> str:

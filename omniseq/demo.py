@@ -24,8 +24,7 @@ PLACES = ["top left", "top right", "bottom left", "bottom right", "centre"]
 def demo_sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [
-        f"a {rng.choice(['small', 'large'])} {rng.choice(COLOURS)} {rng.choice(SHAPES)} "
-        f"in the {rng.choice(PLACES)}"
+        f"a {rng.choice(['small', 'large'])} {rng.choice(COLOURS)} {rng.choice(SHAPES)} in the {rng.choice(PLACES)}"
         for _ in range(n)
     ]
 
@@ -44,13 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     timings["generate corpus"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tok, report = TextTokenizer.train(
-        [corpus], args.out / "tokenizers" / "text", TextTrainConfig(vocab_size=512)
-    )
+    tok, report = TextTokenizer.train([corpus], args.out / "tokenizers" / "text", TextTrainConfig(vocab_size=512))
     timings["train text tokenizer"] = time.perf_counter() - t0
-    print(
-        f"text tokenizer: {tok.vocab_size} pieces from {report.lines} lines -> {args.out / 'tokenizers/text'}"
-    )
+    print(f"text tokenizer: {tok.vocab_size} pieces from {report.lines} lines -> {args.out / 'tokenizers/text'}")
 
     # Until the media tokenizers exist the demo layout reserves their ranges from declared sizes.
     layout = VocabLayout.build(

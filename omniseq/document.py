@@ -83,8 +83,7 @@ def segment_from_json(obj: Any, base_dir: str | Path | None = None, where: str =
     extra = set(obj) - set(MODALITIES) - {"role", "loss"}
     if len(kinds) != 1 or extra:
         raise ValueError(
-            f"{where}: expected exactly one of {list(MODALITIES)} plus optional 'role'/'loss', "
-            f"got keys {sorted(obj)}"
+            f"{where}: expected exactly one of {list(MODALITIES)} plus optional 'role'/'loss', got keys {sorted(obj)}"
         )
     mod = kinds[0]
     value = obj[mod]

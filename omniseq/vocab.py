@@ -201,9 +201,7 @@ class VocabLayout:
                 if tok not in self.specials:
                     raise VocabError(f"{where} needs special token {tok}, absent from the layout")
         ranges = [("text+specials", 0, self.text.size + len(self.specials))]
-        ranges += [
-            (m, c.offset, c.offset + c.range_size) for m, c in self.codebooks.items() if c.shares is None
-        ]
+        ranges += [(m, c.offset, c.offset + c.range_size) for m, c in self.codebooks.items() if c.shares is None]
         ranges.sort(key=lambda r: r[1])
         for (n1, lo1, hi1), (n2, lo2, hi2) in zip(ranges, ranges[1:]):
             if lo1 < 0 or lo2 < hi1:
@@ -237,9 +235,7 @@ class VocabLayout:
         if path.is_dir() or path.suffix != ".json":
             path = path / "manifest.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({**self.manifest(), "vocab_hash": self.hash}, indent=2, sort_keys=True) + "\n"
-        )
+        path.write_text(json.dumps({**self.manifest(), "vocab_hash": self.hash}, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -261,9 +257,7 @@ class VocabLayout:
         layout = cls(text, tuple(n for n, _ in specials), cbs)
         recorded = m.get("vocab_hash")
         if recorded is not None and recorded != layout.hash:
-            raise VocabMismatchError(
-                f"{where}: recorded vocab_hash {recorded} does not match content {layout.hash}"
-            )
+            raise VocabMismatchError(f"{where}: recorded vocab_hash {recorded} does not match content {layout.hash}")
         return layout
 
     @classmethod
@@ -301,9 +295,7 @@ class VocabLayout:
 
     def codebook(self, modality: str) -> CodebookSpec:
         if modality not in self.codebooks:
-            raise KeyError(
-                f"modality {modality!r} has no codebook in this layout (has {sorted(self.codebooks)})"
-            )
+            raise KeyError(f"modality {modality!r} has no codebook in this layout (has {sorted(self.codebooks)})")
         return self.codebooks[modality]
 
     def modality_table(self) -> np.ndarray:
@@ -332,9 +324,7 @@ class VocabLayout:
             body = self._grid_ids(cb, codes, base, "image codes")
         elif modality == "video":
             if codes.ndim != 3 or codes.shape[0] == 0:
-                raise ValueError(
-                    f"video codes must be [frames, rows, cols] with frames >= 1, got {codes.shape}"
-                )
+                raise ValueError(f"video codes must be [frames, rows, cols] with frames >= 1, got {codes.shape}")
             sep = [self.id("<|frame|>")]
             parts = []
             for t, frame in enumerate(codes):
@@ -430,9 +420,7 @@ class VocabLayout:
             uneven = np.flatnonzero((widths != widths[0]) | (widths == 0))
             if uneven.size:
                 k = int(uneven[0])
-                raise DecodeError(
-                    at + int(cuts[k]), row_end, f"row {k} has {widths[k]} codes, row 0 has {widths[0]}"
-                )
+                raise DecodeError(at + int(cuts[k]), row_end, f"row {k} has {widths[k]} codes, row 0 has {widths[0]}")
             grid = np.delete(body, cuts).reshape(len(cuts), int(widths[0]))
         elif cb.grid is None:
             raise DecodeError(at, int(body[0]), "the layout has neither row ends nor a fixed grid")
@@ -441,16 +429,12 @@ class VocabLayout:
         else:
             grid = body.reshape(cb.grid)
         if cb.grid is not None and tuple(grid.shape) != tuple(cb.grid):
-            raise DecodeError(
-                at, int(body[0]), f"grid {tuple(grid.shape)} differs from the layout's {tuple(cb.grid)}"
-            )
+            raise DecodeError(at, int(body[0]), f"grid {tuple(grid.shape)} differs from the layout's {tuple(cb.grid)}")
         return grid - lo
 
 
 # -- RVQ flattening ---------------------------------------------------------------------------------
-def flatten_codes(
-    codes: np.ndarray, pattern: str, K: int, offset: int, sep_id: int, num_layers: int
-) -> np.ndarray:
+def flatten_codes(codes: np.ndarray, pattern: str, K: int, offset: int, sep_id: int, num_layers: int) -> np.ndarray:
     """Codes [L, F] -> flat ids, layer l's codes at offset + l*K.
 
     frame  f1l1 f1l2 .. f1lL f2l1 ..   (AnyGPT music: frame-major)

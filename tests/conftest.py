@@ -11,9 +11,7 @@ import pytest
 from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig
 from omniseq.vocab import CodebookSpec, VocabLayout
 
-SHARED_DATA = Path(
-    os.environ.get("OMNISEQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = Path(os.environ.get("OMNISEQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 WORDS = (
     "the a cat dog sat ran on under mat red green blue circle square 1 2 3 42 2026 "

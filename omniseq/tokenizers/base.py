@@ -120,9 +120,7 @@ class MediaTokenizer(abc.ABC):
         weights = {k: v.detach().cpu().contiguous() for k, v in self.weights().items()}
         if weights:
             save_file(weights, d / WEIGHTS_FILE)
-        (d / CONFIG_FILE).write_text(
-            json.dumps({"kind": self.kind, "config": self.config_dict()}, indent=2) + "\n"
-        )
+        (d / CONFIG_FILE).write_text(json.dumps({"kind": self.kind, "config": self.config_dict()}, indent=2) + "\n")
         return d
 
     @classmethod

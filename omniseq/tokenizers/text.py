@@ -52,9 +52,7 @@ class CorpusError(ValueError):
     """A corpus line that cannot be used; names the file and the line."""
 
 
-def iter_corpus_lines(
-    paths: Iterable[str | Path], cfg: TextTrainConfig, report: CorpusReport
-) -> Iterator[str]:
+def iter_corpus_lines(paths: Iterable[str | Path], cfg: TextTrainConfig, report: CorpusReport) -> Iterator[str]:
     """Yield the non-empty lines of text files, checking NUL bytes and UTF-8 per line."""
     if cfg.on_bad_line not in ("raise", "skip"):
         raise ValueError(f"on_bad_line must be 'raise' or 'skip', got {cfg.on_bad_line!r}")
@@ -197,7 +195,5 @@ class TextTokenizer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / MODEL_FILE).write_bytes(model.getvalue())
-        (out / CONFIG_FILE).write_text(
-            json.dumps({"train": asdict(cfg), "corpus": asdict(report)}, indent=2) + "\n"
-        )
+        (out / CONFIG_FILE).write_text(json.dumps({"train": asdict(cfg), "corpus": asdict(report)}, indent=2) + "\n")
         return cls(out / MODEL_FILE), report

@@ -17,9 +17,7 @@ from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniseq.tokenizers.train text", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument(
-        "--input", nargs="+", type=Path, required=True, help="UTF-8 text files, one sentence per line"
-    )
+    ap.add_argument("--input", nargs="+", type=Path, required=True, help="UTF-8 text files, one sentence per line")
     ap.add_argument("--out", type=Path, required=True, help="directory for tokenizer.model")
     ap.add_argument("--config", type=Path, help="YAML with TextTrainConfig keys")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of TextTrainConfig")

@@ -66,6 +66,4 @@ def test_cli_prints_user_errors_without_traceback(capsys):
 
     with pytest.raises(SystemExit) as e:
         run(main, [])
-    assert (
-        e.value.code == 2 and capsys.readouterr().err.strip() == "error: stage.yaml: key 'stepz': not in Cfg"
-    )
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == "error: stage.yaml: key 'stepz': not in Cfg"

@@ -36,9 +36,7 @@ def segment_st(flatten: str, row_end: bool, role: st.SearchStrategy):
         )
 
     image = st.tuples(rows, cols).flatmap(lambda rc: grid(*rc)).map(lambda c: ("image", c))
-    video = (
-        st.tuples(rows, cols, st.integers(1, 3)).flatmap(lambda rct: grid(*rct)).map(lambda c: ("video", c))
-    )
+    video = st.tuples(rows, cols, st.integers(1, 3)).flatmap(lambda rct: grid(*rct)).map(lambda c: ("video", c))
     audio = st.integers(1, 5).flatmap(
         lambda F: st.lists(st.integers(0, 7), min_size=layers * F, max_size=layers * F).map(
             lambda xs: ("audio", np.array(xs).reshape(layers, F))
@@ -84,9 +82,7 @@ def test_spans_and_loss_of_a_plain_document(text_tokenizer, tiny_layout):
     doc = [Segment("text", text="a cat"), Segment("image", codes=np.arange(6).reshape(2, 3))]
     seq = codec.encode(doc)
     assert (
-        seq.ids.dtype == np.int32
-        and seq.ids[0] == tiny_layout.id("<bos>")
-        and seq.ids[-1] == tiny_layout.id("<eos>")
+        seq.ids.dtype == np.int32 and seq.ids[0] == tiny_layout.id("<bos>") and seq.ids[-1] == tiny_layout.id("<eos>")
     )
     (s0, e0, m0), (s1, e1, m1) = seq.spans.tolist()
     assert (m0, m1) == (MODALITY_ID["text"], MODALITY_ID["image"]) and e0 == s1 and e1 == len(seq) - 1
@@ -107,9 +103,7 @@ def test_chat_template_supervises_only_the_assistant(text_tokenizer, tiny_layout
     seq = codec.encode(doc)
     ids, loss = seq.ids.tolist(), seq.loss_mask.tolist()
     L = tiny_layout
-    roles = [
-        i for i, t in enumerate(ids) if t in (L.id("<|system|>"), L.id("<|user|>"), L.id("<|assistant|>"))
-    ]
+    roles = [i for i, t in enumerate(ids) if t in (L.id("<|system|>"), L.id("<|user|>"), L.id("<|assistant|>"))]
     assert [ids[i] for i in roles] == [
         L.id("<|system|>"),
         L.id("<|user|>"),
@@ -124,9 +118,7 @@ def test_chat_template_supervises_only_the_assistant(text_tokenizer, tiny_layout
 
 def test_loss_override_per_segment(text_tokenizer, tiny_layout):
     codec = DocumentCodec(tiny_layout, text_tokenizer)
-    seq = codec.encode(
-        [Segment("image", codes=np.zeros((2, 3), int), loss=False), Segment("text", text="a cat")]
-    )
+    seq = codec.encode([Segment("image", codes=np.zeros((2, 3), int), loss=False), Segment("text", text="a cat")])
     s, e, _ = seq.spans[0]
     assert not seq.loss_mask[s:e].any() and seq.loss_mask[e:].all()
 

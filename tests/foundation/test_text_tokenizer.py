@@ -75,9 +75,7 @@ def test_bad_lines_skipped_and_counted(tmp_path):
 def test_too_many_bad_lines_is_an_error(tmp_path):
     p = bad_corpus(tmp_path)
     with pytest.raises(CorpusError, match="more than 1 bad lines"):
-        TextTokenizer.train(
-            [p], tmp_path / "t", TextTrainConfig(vocab_size=300, on_bad_line="skip", max_bad_lines=1)
-        )
+        TextTokenizer.train([p], tmp_path / "t", TextTrainConfig(vocab_size=300, on_bad_line="skip", max_bad_lines=1))
 
 
 def test_empty_corpus_is_a_clear_error(tmp_path):

@@ -40,9 +40,7 @@ class ToyImageTokenizer(MediaTokenizer):
         return {"levels": self.levels}
 
     def codebook_spec(self):
-        return CodebookSpec(
-            "image", self.kind, self.levels, grid=None, row_end=True, fingerprint=self.fingerprint()
-        )
+        return CodebookSpec("image", self.kind, self.levels, grid=None, row_end=True, fingerprint=self.fingerprint())
 
     def weights(self):
         return {"table": self.table}

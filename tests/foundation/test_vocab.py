@@ -153,9 +153,7 @@ def test_int32_bound_is_the_real_limit():
 # -- flattening ---------------------------------------------------------------------------------------
 codes_strategy = st.integers(1, 4).flatmap(
     lambda L: st.integers(1, 6).flatmap(
-        lambda F: st.lists(st.integers(0, 7), min_size=L * F, max_size=L * F).map(
-            lambda xs: np.array(xs).reshape(L, F)
-        )
+        lambda F: st.lists(st.integers(0, 7), min_size=L * F, max_size=L * F).map(lambda xs: np.array(xs).reshape(L, F))
     )
 )
 

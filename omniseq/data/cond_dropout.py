@@ -1,0 +1,78 @@
+"""Condition dropout for classifier-free guidance: the condition of a document becomes `<|uncond|>`.
+
+Guidance needs a model that also knows the unconditional distribution (Emu3 drops 5% of conditions,
+Show-o 10%, Liquid uses an `<unconditional>` token). The condition is what comes before the target:
+
+    conversation  <bos> <|user|> CONDITION <|end|> <|assistant|> target ... -> the first user turn's content
+    plain         <bos> CONDITION target ... <eos>  (pairs: caption->image)  -> the first segment
+
+and is replaced by a single `<|uncond|>`, which carries no loss. The sampler builds its unconditional
+rows the same way (omniseq.sample), so training and guidance see the same context. The decision is a
+pure function of (seed, source, position), so a resumed stream drops exactly the same documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from omniseq.data.shardset import Doc
+from omniseq.vocab import MODALITY_ID, VocabLayout
+
+
+@dataclass(frozen=True)
+class CondDropout:
+    p: float
+    seed: int
+    bos: int
+    user: int
+    end: int
+    uncond: int
+
+    @classmethod
+    def from_layout(cls, layout: VocabLayout, p: float, seed: int) -> CondDropout:
+        ids = layout.special_ids
+        return cls(p, seed, ids["<bos>"], ids.get("<|user|>", -1), ids.get("<|end|>", -1), ids["<|uncond|>"])
+
+    def chosen(self, source: int, position: int) -> bool:
+        return self.p > 0 and np.random.default_rng((self.seed, 7919, source, position)).random() < self.p
+
+    def apply(self, doc: Doc, source: int, position: int) -> Doc:
+        if not self.chosen(source, position):
+            return doc
+        span = condition_span(doc, self)
+        return doc if span is None else replace_span(doc, *span, self.uncond)
+
+
+def condition_span(doc: Doc, ids: CondDropout) -> tuple[int, int] | None:
+    """[start, end) of the condition, or None when the document has no separable condition."""
+    toks = doc.ids
+    start = 1 if len(toks) and toks[0] == ids.bos else 0
+    if start < len(toks) and toks[start] == ids.user:
+        ends = np.flatnonzero(toks[start + 1 :] == ids.end)
+        return (start + 1, start + 1 + int(ends[0])) if ends.size and ends[0] > 0 else None
+    media_starts = doc.media_spans[:, 0] if len(doc.media_spans) else np.array([], dtype=np.int64)
+    if media_starts.size and media_starts[0] == start:  # media first: x -> text
+        end = int(doc.media_spans[0, 1])
+    else:  # text first: the text runs up to the first media span (or is the whole document)
+        end = int(media_starts[0]) if media_starts.size else None
+    if end is None or end <= start or end >= len(toks) - 1:
+        return None  # nothing follows the condition: a text-only or single-segment document
+    return start, end
+
+
+def replace_span(doc: Doc, start: int, end: int, token: int) -> Doc:
+    """Replace doc[start:end] by one `token` that carries no loss; media spans after it shift."""
+    shift = end - start - 1
+    ids = np.concatenate([doc.ids[:start], [token], doc.ids[end:]]).astype(doc.ids.dtype)
+    modality = np.concatenate([doc.modality[:start], [MODALITY_ID["text"]], doc.modality[end:]]).astype(
+        doc.modality.dtype
+    )
+    loss = np.ones(len(doc.ids), np.uint8) if doc.loss is None else doc.loss
+    loss = np.concatenate([loss[:start], [0], loss[end:]]).astype(np.uint8)
+    spans = doc.media_spans
+    keep = (spans[:, 0] >= end) | (spans[:, 1] <= start)
+    spans = spans[keep].copy()
+    spans[spans[:, 0] >= end] -= shift
+    return Doc(ids=ids, modality=modality, loss=loss, media_spans=spans)

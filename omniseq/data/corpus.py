@@ -1,0 +1,188 @@
+"""Corpus readers: JSONL documents that point at media files -> lists of `Segment`s.
+
+One JSON object per line; media paths are relative to the JSONL file's folder (docs/data.md has
+examples of every format):
+
+    pair          {"image": "cat.png", "text": "a cat"}          (or "audio" / "video"; or "image_codes")
+    interleaved   {"segments": [{"text": "..."}, {"image": "a.png"}, ...]}
+    conversation  {"messages": [{"role": "user", "text": "..."}, {"role": "assistant", "image": "x.png"}]}
+    text          {"text": "..."}
+
+Any media segment may give its codes inline as `{"<modality>_codes": [[...]]}` instead of a path: a
+codes-only corpus needs no media tokenizer (tests, benchmarks, pre-tokenised data).
+
+Pairs become one direction each, x->text or text->x, chosen with `PairConfig.p_x_to_text` (AnyGPT
+draws 0.5) from a generator seeded by (seed, corpus name, line): the choice is made when shards are
+built, not when they are read, because the loader only sees token ids and has no text tokenizer to
+render a template with; a rebuilt shard set with another seed gives the other directions. `both=true`
+writes both directions of every pair instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from omniseq.data.shardset import DataError
+from omniseq.document import Segment, segment_from_json
+from omniseq.vocab import MEDIA
+
+FORMATS = ("pair", "interleaved", "conversation", "text")
+
+
+class CorpusError(DataError):
+    """A corpus line that cannot be used; the message names file:line and the field."""
+
+
+@dataclass
+class PairConfig:
+    p_x_to_text: float = 0.5  # probability that a pair becomes x->text (captioning, ASR) rather than text->x
+    both: bool = False  # write both directions of every pair (ignores p_x_to_text)
+    # Templates: `{media}` marks where the media span goes, `{text}` the pair's text, `{modality}` the
+    # media's name. Each document picks one wording uniformly (AnyGPT varies its instruction wordings).
+    x_to_text: list[str] = field(
+        default_factory=lambda: ["{media}\n{text}", "Describe the {modality}: {media}\n{text}"]
+    )
+    text_to_x: list[str] = field(
+        default_factory=lambda: ["{text}\n{media}", "Generate the {modality} for: {text}\n{media}"]
+    )
+
+
+@dataclass
+class CorpusConfig:
+    path: str = ""  # the JSONL file
+    format: str = "pair"  # pair | interleaved | conversation | text
+    name: str = ""  # short name used in sample keys and reports; default: the file's stem
+
+
+@dataclass
+class Record:
+    """One usable document of a corpus."""
+
+    segments: list[Segment]
+    where: str  # "file:line", for error messages and the sample's metadata
+    direction: str = ""  # pairs: "x2t" or "t2x"
+
+
+def corpus_name(cfg: CorpusConfig) -> str:
+    return cfg.name or Path(cfg.path).stem
+
+
+def line_index(path: str | Path) -> list[tuple[int, int]]:
+    """(1-based line number, byte offset) of every non-empty line: workers seek to their slice."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    out, pos = [], 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+                out.append((lineno, pos))
+            pos += len(raw)
+    return out
+
+
+def read_line(f, offset: int, where: str) -> str:
+    """The line at `offset` of the open binary file `f`."""
+    f.seek(offset)
+    raw = f.readline()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{where}: invalid UTF-8 at byte {e.start + 1}") from None
+
+
+def _segment(obj, base: Path, where: str) -> Segment:
+    if isinstance(obj, dict):
+        coded = [m for m in MEDIA if f"{m}_codes" in obj]
+        if coded:
+            mod = coded[0]
+            extra = set(obj) - {f"{mod}_codes", "role", "loss"}
+            if extra:
+                raise CorpusError(f"{where}: unexpected keys {sorted(extra)} beside {mod}_codes")
+            try:
+                codes = np.asarray(obj[f"{mod}_codes"], dtype=np.int64)
+            except (ValueError, TypeError) as e:
+                raise CorpusError(f"{where}.{mod}_codes: expected a nested list of integers ({e})") from None
+            try:
+                return Segment(mod, codes=codes, role=obj.get("role"), loss=obj.get("loss"))
+            except ValueError as e:
+                raise CorpusError(f"{where}: {e}") from None
+    try:
+        return segment_from_json(obj, base, where)
+    except ValueError as e:
+        raise CorpusError(str(e)) from None
+
+
+def _render(template: str, media: Segment, text: str, where: str) -> list[Segment]:
+    if template.count("{media}") != 1 or template.count("{text}") != 1:
+        raise CorpusError(f"pair template {template!r} must hold exactly one {{media}} and one {{text}}")
+    before, after = template.replace("{modality}", media.modality).split("{media}")
+    parts: list[Segment] = []
+    for chunk, seg in ((before, media), (after, None)):
+        if chunk:
+            parts.append(Segment("text", text=chunk.replace("{text}", text)))
+        if seg is not None:
+            parts.append(seg)
+    return parts
+
+
+def pair_records(obj: dict, base: Path, where: str, cfg: PairConfig, rng: random.Random) -> list[Record]:
+    media_keys = [k for k in obj if k in MEDIA or k in {f"{m}_codes" for m in MEDIA}]
+    if len(media_keys) != 1 or "text" not in obj:
+        raise CorpusError(f"{where}: a pair needs one media field (image/audio/video or *_codes) and 'text'")
+    if not isinstance(obj["text"], str) or not obj["text"]:
+        raise CorpusError(f"{where}.text: expected a non-empty string")
+    media = _segment({media_keys[0]: obj[media_keys[0]]}, base, f"{where}.{media_keys[0]}")
+    directions = ["x2t", "t2x"] if cfg.both else ["x2t" if rng.random() < cfg.p_x_to_text else "t2x"]
+    out = []
+    for d in directions:
+        wordings = cfg.x_to_text if d == "x2t" else cfg.text_to_x
+        if not wordings:
+            raise CorpusError(f"pair templates for direction {d} are empty")
+        out.append(Record(_render(rng.choice(wordings), media, obj["text"], where), where, d))
+    return out
+
+
+def parse_record(line: str, cfg: CorpusConfig, pair: PairConfig, lineno: int, seed: int) -> list[Record]:
+    """One JSONL line -> its documents (two for a pair with both=true). Raises CorpusError."""
+    where = f"{cfg.path}:{lineno}"
+    base = Path(cfg.path).parent
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CorpusError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if cfg.format == "pair":
+        rng = random.Random(f"{seed}:{corpus_name(cfg)}:{lineno}")  # str seeds are stable across runs
+        return pair_records(obj, base, where, pair, rng)
+    if cfg.format == "text":
+        if not isinstance(obj.get("text"), str) or not obj["text"]:
+            raise CorpusError(f"{where}.text: expected a non-empty string")
+        return [Record([Segment("text", text=obj["text"])], where)]
+    key = "segments" if cfg.format == "interleaved" else "messages"
+    items = obj.get(key)
+    if not isinstance(items, list) or not items:
+        raise CorpusError(f"{where}.{key}: expected a non-empty list")
+    segs = [_segment(s, base, f"{where}.{key}[{i}]") for i, s in enumerate(items)]
+    if cfg.format == "conversation":
+        missing = [i for i, s in enumerate(segs) if s.role is None]
+        if missing:
+            raise CorpusError(f"{where}.messages[{missing[0]}].role: every message needs a role")
+    return [Record(segs, where)]
+
+
+def read_corpus(cfg: CorpusConfig, pair: PairConfig | None = None, seed: int = 0) -> Iterator[Record]:
+    """Every record of a corpus, in file order (errors raise: the shard builder counts them instead)."""
+    if cfg.format not in FORMATS:
+        raise CorpusError(f"{cfg.path}: format {cfg.format!r}, expected one of {FORMATS}")
+    with Path(cfg.path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield from parse_record(line, cfg, pair or PairConfig(), lineno, seed)

@@ -1,0 +1,284 @@
+"""The shard builder: corpora + vocabulary + tokenizers -> a WebDataset shard set.
+
+    python -m omniseq.data.shards --config configs/data/demo.yaml out=runs/shards/demo workers=2
+
+Every non-empty corpus line gets a place in one global order (shuffled with `seed` when `shuffle`),
+and shard k holds the documents of lines [k*S, (k+1)*S) of that order, S = `samples_per_shard`.
+A shard is therefore a pure function of its slice, which gives the three properties we need:
+  - parallel: one worker process builds one shard at a time (multiprocessing, fork);
+  - resumable: a shard is written to `.tar.tmp`, renamed when complete, then its `.stats.json` is
+    written; on restart, shards with both files are kept and the rest rebuilt from scratch, so no
+    sample is written twice and none is lost;
+  - deterministic: same config and seed -> byte-identical tars (fixed tar mtime), whatever `workers`.
+Bad lines and bad media are skipped and counted by reason (up to `max_skipped` in total), never
+written; the counts and the first examples go to manifest.json and to the end-of-run report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from omniseq.config import load_config
+from omniseq.data.corpus import (
+    FORMATS,
+    CorpusConfig,
+    CorpusError,
+    PairConfig,
+    corpus_name,
+    line_index,
+    parse_record,
+    read_line,
+)
+from omniseq.data.shardset import MANIFEST, SHARDSET_FORMAT, DataError, ShardError, encode_sample
+from omniseq.document import DocumentCodec
+from omniseq.tokenizers.base import MediaError, load_tokenizer
+from omniseq.tokenizers.text import TextTokenizer
+from omniseq.vocab import MODALITIES, VocabLayout, canonical_json
+
+MAX_EXAMPLES = 20  # skip examples kept for the report
+
+
+@dataclass
+class ShardConfig:
+    corpora: list[CorpusConfig] = field(default_factory=list)  # the JSONL corpora to tokenize
+    vocab: str = ""  # the vocabulary manifest.json (or its folder)
+    text_tokenizer: str = ""  # folder holding the sentencepiece tokenizer.model
+    media_tokenizers: dict[str, str] = field(default_factory=dict)  # modality -> tokenizer folder
+    out: str = "runs/shards/default"  # output folder of the shard set
+    name: str = "shard"  # shard file prefix: name-000000.tar
+    samples_per_shard: int = 1000  # corpus lines per shard (the target shard size)
+    shuffle: bool = True  # shuffle lines across corpora before slicing them into shards
+    seed: int = 0  # shuffling and pair directions
+    workers: int = 1  # worker processes (1 = build in this process)
+    max_skipped: int = 1000  # more skipped lines/documents than this is an error
+    on_bad_record: str = "skip"  # skip | raise: a line that is not JSON or lacks fields
+    pair: PairConfig = field(default_factory=PairConfig)  # pair directions and templates
+
+
+def config_hash(cfg: ShardConfig) -> str:
+    """What determines the shards' content (not `workers` or `out`): resume refuses a changed config."""
+    d = asdict(cfg)
+    for k in ("workers", "out", "max_skipped"):
+        d.pop(k)
+    return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
+
+
+def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int]]]:
+    """Slices of (corpus index, line number, byte offset), one per shard."""
+    if not cfg.corpora:
+        raise DataError("config field 'corpora' is empty: list at least one corpus")
+    if cfg.samples_per_shard <= 0:
+        raise DataError(f"samples_per_shard must be positive, got {cfg.samples_per_shard}")
+    lines = []
+    for ci, c in enumerate(cfg.corpora):
+        if c.format not in FORMATS:
+            raise DataError(f"corpora[{ci}].format: {c.format!r}, expected one of {FORMATS}")
+        lines += [(ci, lineno, off) for lineno, off in line_index(c.path)]
+    if cfg.shuffle:
+        random.Random(cfg.seed).shuffle(lines)
+    S = cfg.samples_per_shard
+    return [lines[i : i + S] for i in range(0, len(lines), S)]
+
+
+_CODEC: DocumentCodec | None = None
+
+
+def load_codec(cfg: ShardConfig) -> DocumentCodec:
+    layout = VocabLayout.load(cfg.vocab)
+    media = {m: load_tokenizer(d) for m, d in cfg.media_tokenizers.items()}
+    return DocumentCodec(layout, TextTokenizer(cfg.text_tokenizer), media)
+
+
+def _codec(cfg: ShardConfig) -> DocumentCodec:
+    global _CODEC  # one codec per worker process: tokenizers load once, not once per shard
+    if _CODEC is None:
+        _CODEC = load_codec(cfg)
+    return _CODEC
+
+
+def shard_path(cfg: ShardConfig, k: int, suffix: str = ".tar") -> Path:
+    return Path(cfg.out) / f"{cfg.name}-{k:06d}{suffix}"
+
+
+def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> dict:
+    """Write shard k from its slice; returns (and saves) its stats."""
+    codec = _codec(cfg)
+    stats = {
+        "file": shard_path(cfg, k).name,
+        "samples": 0,
+        "tokens": dict.fromkeys(MODALITIES, 0),
+        "skipped": {},
+        "examples": [],
+        "config_hash": config_hash(cfg),
+    }
+
+    def skip(reason: str, err: Exception) -> None:
+        stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+        if len(stats["examples"]) < MAX_EXAMPLES:
+            stats["examples"].append(f"{reason}: {err}")
+        if sum(stats["skipped"].values()) > cfg.max_skipped:
+            raise DataError(
+                f"more than max_skipped={cfg.max_skipped} skips in shard {k}; first: {stats['examples'][:3]}"
+            )
+
+    tmp = shard_path(cfg, k, ".tar.tmp")
+    files = {}
+    with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
+        for ci, lineno, off in items:
+            corpus = cfg.corpora[ci]
+            where = f"{corpus.path}:{lineno}"
+            f = files.get(ci) or files.setdefault(ci, open(corpus.path, "rb"))
+            try:
+                records = parse_record(read_line(f, off, where), corpus, cfg.pair, lineno, cfg.seed)
+            except CorpusError as e:
+                if cfg.on_bad_record == "raise":
+                    raise
+                skip("bad_record", e)
+                continue
+            for j, rec in enumerate(records):
+                for i, seg in enumerate(rec.segments):
+                    if seg.media is not None and seg.modality not in codec.media:
+                        raise DataError(
+                            f"{where}: segment {i} is {seg.modality} media, but config field "
+                            f"media_tokenizers.{seg.modality} is not set"
+                        )
+                try:
+                    seq = codec.encode(rec.segments)
+                except MediaError as e:
+                    skip("bad_media", f"{where}: {e}")
+                    continue
+                except FileNotFoundError as e:
+                    skip("missing_media", f"{where}: {e}")
+                    continue
+                except ValueError as e:  # codes out of range, a grid of the wrong shape
+                    skip("bad_document", f"{where}: {e}")
+                    continue
+                key = f"{corpus_name(corpus)}_{lineno:09d}_{j}".replace(".", "_")
+                meta = {"source": where, "corpus": corpus_name(corpus), "direction": rec.direction}
+                sink.write(encode_sample(key, seq, meta))
+                stats["samples"] += 1
+                mods = seq.token_modalities()
+                for m, name in enumerate(MODALITIES):
+                    stats["tokens"][name] += int(np.count_nonzero(mods == m))
+    for f in files.values():
+        f.close()
+    os.replace(tmp, shard_path(cfg, k))
+    done = shard_path(cfg, k, ".stats.json")
+    done.with_suffix(".tmp").write_text(json.dumps(stats, indent=1))
+    os.replace(done.with_suffix(".tmp"), done)
+    return stats
+
+
+def _init_worker(workers: int) -> None:
+    # each process gets its share of the cores: N workers x all-core torch pools would oversubscribe
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _build_job(job) -> dict:
+    return build_shard(*job)
+
+
+def _done_stats(cfg: ShardConfig, k: int) -> dict | None:
+    stats_file = shard_path(cfg, k, ".stats.json")
+    if not (stats_file.is_file() and shard_path(cfg, k).is_file()):
+        return None
+    stats = json.loads(stats_file.read_text())
+    if stats.get("config_hash") != config_hash(cfg):
+        raise DataError(
+            f"{stats_file} was built with another config (hash {stats.get('config_hash')}, now "
+            f"{config_hash(cfg)}): use a new `out` folder or delete the old shards"
+        )
+    return stats
+
+
+def build_shards(cfg: ShardConfig, progress: bool = True) -> dict:
+    """Build (or finish building) the shard set; returns the manifest it writes."""
+    global _CODEC
+    _CODEC = None
+    layout = _codec(cfg).layout  # fail on a bad vocab/tokenizer before any work
+    slices = plan(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    stats = {k: s for k in range(len(slices)) if (s := _done_stats(cfg, k)) is not None}
+    todo = [(cfg, k, slices[k]) for k in range(len(slices)) if k not in stats]
+    bar = tqdm(total=len(slices), initial=len(stats), desc=f"shards {cfg.name}", unit="shard", disable=not progress)
+    skipped = sum(sum(s["skipped"].values()) for s in stats.values())
+    if cfg.workers > 1 and len(todo) > 1:
+        # fork: workers inherit the loaded codec and any tokenizer kinds registered at run time
+        n = min(cfg.workers, len(todo))
+        pool = mp.get_context("fork").Pool(n, initializer=_init_worker, initargs=(n,))
+        results = pool.imap_unordered(_build_job, todo)
+    else:
+        pool, results = None, map(_build_job, todo)
+    try:
+        for s in results:
+            stats[int(s["file"].rsplit("-", 1)[1].split(".")[0])] = s
+            skipped += sum(s["skipped"].values())
+            if skipped > cfg.max_skipped:
+                examples = [e for st in stats.values() for e in st["examples"]][:3]
+                raise DataError(f"more than max_skipped={cfg.max_skipped} skipped documents; first: {examples}")
+            bar.update(1)
+            bar.set_postfix(skipped=skipped)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return write_manifest(cfg, layout, [stats[k] for k in range(len(slices))])
+
+
+def write_manifest(cfg: ShardConfig, layout: VocabLayout, shard_stats: list[dict]) -> dict:
+    tokens = {m: sum(s["tokens"][m] for s in shard_stats) for m in MODALITIES}
+    skipped: dict[str, int] = {}
+    for s in shard_stats:
+        for reason, n in s["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    manifest = {
+        "format": SHARDSET_FORMAT,
+        "name": cfg.name,
+        "vocab_hash": layout.hash,
+        "samples": sum(s["samples"] for s in shard_stats),
+        "tokens": {**tokens, "total": sum(tokens.values())},
+        "shards": [{k: s[k] for k in ("file", "samples", "tokens")} for s in shard_stats],
+        "skipped": skipped,
+        "skipped_examples": [e for s in shard_stats for e in s["examples"]][:MAX_EXAMPLES],
+        "config": asdict(cfg),
+    }
+    path = Path(cfg.out) / MANIFEST
+    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file (configs/data/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. workers=4 out=runs/shards/x")
+    args = ap.parse_args(argv)
+    cfg = load_config(ShardConfig, args.config, args.overrides)
+    try:
+        m = build_shards(cfg)
+    except (DataError, ShardError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{m['samples']} samples, {m['tokens']['total']} tokens in {len(m['shards'])} shards -> {cfg.out}")
+    for reason, n in sorted(m["skipped"].items()):
+        example = next((e for e in m["skipped_examples"] if e.startswith(reason)), "")
+        print(f"skipped {n} ({reason})" + (f", e.g. {example.split(': ', 1)[1]}" if example else ""))
+
+
+if __name__ == "__main__":
+    from omniseq.cli import run
+
+    run(main)

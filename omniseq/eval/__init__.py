@@ -1,0 +1,1 @@
+"""Evaluation: analysers read attributes back from media; metrics score them per direction (issue 9)."""

@@ -1,0 +1,179 @@
+"""The any-to-any evaluation harness: per direction, generate and read the answer back.
+
+    python -m omniseq.eval --checkpoint runs/demo/sft/export [key=value ...]      (make eval CKPT=...)
+
+For every direction of the demo world (text->image, image->text, text->melody, melody->text, text->sound,
+sound->text, text->video, video->text, text->speech and speech->text where espeak-ng made speech), held-out
+conversations (`sft.eval.jsonl`) are prompted without their answer. Generated media are decoded by the
+tokenizers and read back by the analysers (omniseq.eval.analysers); generated text is parsed for the same
+attributes (omniseq.eval.metrics). Scores are compared with the ground truth in each line's `meta`.
+
+Honest reference rows use the same prompts: `random` (the same architecture with random weights) and
+`blind` (the trained model with the condition removed: media questions without their media, media
+requests with an empty request), which shows how much of a score the condition explains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omniseq.data.demo_corpus import document_of
+from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
+from omniseq.document import Segment, segment_from_json
+from omniseq.eval.analysers import SpeechRecogniser, analyse
+from omniseq.eval.metrics import compare, mean_scores, parse_text
+from omniseq.model.transformer import Transformer
+from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
+from omniseq.vocab import MODALITIES
+
+KIND_MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
+
+
+def main_score(kind: str, scores: dict[str, float]) -> float:
+    """The table's number: attribute accuracy for scenes and videos (mean over colour, shape, ...), note
+    accuracy for melodies, word accuracy for speech, class accuracy for sounds."""
+    if kind in ("image", "video"):
+        attrs = [v for k, v in scores.items() if k not in ("exact", "count")]
+        return float(np.mean(attrs)) if attrs else 0.0
+    return scores["accuracy"] if kind in ("melody", "speech") else scores["exact"]
+
+
+REFERENCES = ("random", "blind")
+
+
+@dataclass
+class EvalConfig:
+    corpus: str = "runs/demo/corpus"  # the demo corpus folder (its sft.eval.jsonl holds the prompts)
+    per_direction: int = 20  # held-out items per direction
+    references: list[str] = field(default_factory=lambda: list(REFERENCES))  # extra rows: random | blind
+    perplexity_sources: list[str] = field(default_factory=list)  # shard sets for held-out loss per modality
+    perplexity_batches: int = 8  # micro-batches of those
+    out: str = "runs/demo/eval"  # results.json and the table (results.md)
+    sample: SampleConfig = field(default_factory=SampleConfig)  # checkpoint, tokenizers, sampling settings
+
+
+@dataclass
+class Item:
+    task: str  # e.g. "text2image"
+    kind: str  # image | melody | sound | speech | video
+    prompt: list[Segment]  # the user's turn
+    meta: dict  # ground truth
+
+    @property
+    def to_text(self) -> bool:
+        return self.task.endswith("2text")
+
+
+def load_items(corpus: str | Path, per_direction: int) -> list[Item]:
+    path = Path(corpus) / "sft.eval.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"held-out conversations not found: {path} (generate the demo corpus first)")
+    by_task: dict[str, list[Item]] = defaultdict(list)
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        obj = json.loads(line)
+        task = obj["meta"]["task"]
+        if len(by_task[task]) >= per_direction:
+            continue
+        segs = [segment_from_json(s, path.parent, f"{path}:{lineno}") for s in document_of(obj)]
+        user = [s for s in segs if s.role == "user"]
+        by_task[task].append(Item(task, obj["meta"]["kind"], user, obj["meta"]))
+    return [it for task in sorted(by_task) for it in by_task[task]]
+
+
+def blind(item: Item) -> list[Segment]:
+    """The prompt without its condition: the media question without media, or an empty request."""
+    if item.to_text:
+        return [s for s in item.prompt if s.modality == "text"] or [Segment("text", text=" ", role="user")]
+    return [Segment("text", text=" ", role="user")]
+
+
+def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt], recogniser) -> list[dict]:
+    """Generate for every prompt and score each answer against its item's ground truth."""
+    ids, out = session.generate(prompts)
+    rows = []
+    for item, p, o in zip(items, ids, out):
+        answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"] or []
+        if item.to_text:
+            text = "".join(s.text for s in answer if s.modality == "text")
+            pred = parse_text(item.kind, text)
+        else:
+            media = next((s for s in answer if s.modality == KIND_MODALITY[item.kind]), None)
+            if media is None:
+                pred = {}
+            else:
+                decoded = session.codec.render(media)
+                pred = analyse(item.kind, decoded, recogniser) if item.kind != "speech" or recogniser else {}
+        scores = compare(item.kind, pred, item.meta)
+        rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
+    return rows
+
+
+@torch.no_grad()
+def perplexity(model: Transformer, layout, sources: list[str], batches: int, device) -> dict[str, float]:
+    data = DataConfig(sources=[SourceConfig(s) for s in sources], seq_len=min(model.cfg.max_seq_len, 512), batch_size=4)
+    ce = torch.zeros(len(MODALITIES))
+    n = torch.zeros(len(MODALITIES))
+    for _, batch in zip(range(batches), stream_from_config(data, 0, 1, layout)):
+        loss = model(**{k: v.to(device) for k, v in batch.items()})
+        ce += loss.ce_sum.cpu()
+        n += loss.count.cpu()
+    return {m: math.exp(ce[i] / n[i]) for i, m in enumerate(MODALITIES) if n[i] > 0}
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    t0 = time.perf_counter()
+    items = load_items(cfg.corpus, cfg.per_direction)
+    session = SamplingSession(cfg.sample)
+    speech = any(it.kind == "speech" for it in items)
+    recogniser = SpeechRecogniser.from_espeak() if speech else None
+    base = [Prompt(it.prompt, None if it.to_text else KIND_MODALITY[it.kind]) for it in items]
+    results = {"checkpoint": cfg.sample.checkpoint, "rows": {}}
+    results["rows"]["trained"] = score_rows(session, items, base, recogniser)
+    if "blind" in cfg.references:
+        prompts = [Prompt(blind(it), p.force) for it, p in zip(items, base)]
+        results["rows"]["blind"] = score_rows(session, items, prompts, recogniser)
+    if "random" in cfg.references:
+        trained = session.model
+        torch.manual_seed(0)
+        session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
+        results["rows"]["random"] = score_rows(session, items, base, recogniser)
+        session.model = trained
+    table = {}
+    for name, rows in results["rows"].items():
+        by_task = defaultdict(list)
+        for r in rows:
+            by_task[r.pop("task")].append(r)
+        table[name] = {t: mean_scores(rs) for t, rs in by_task.items()}
+    results["table"] = table
+    if cfg.perplexity_sources:
+        results["perplexity"] = perplexity(session.model, session.layout, cfg.perplexity_sources,
+                                           cfg.perplexity_batches, session.device)  # fmt: skip
+    results["seconds"] = time.perf_counter() - t0
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(format_table(results) + "\n")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Markdown: one row per direction, one column per model row (the direction's main score)."""
+    names = list(results["table"])
+    tasks = sorted({t for rows in results["table"].values() for t in rows})
+    lines = [f"| direction | n | {' | '.join(names)} |", "|---|---|" + "---|" * len(names)]
+    for t in tasks:
+        cells = [results["table"][n].get(t, {}).get("main") for n in names]
+        n = results["table"][names[0]].get(t, {}).get("n", 0)
+        lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+    if "perplexity" in results:
+        ppl = ", ".join(f"{m} {v:.2f}" for m, v in results["perplexity"].items())
+        lines.append(f"\nheld-out perplexity per modality (trained): {ppl}")
+    return "\n".join(lines)

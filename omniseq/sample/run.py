@@ -1,0 +1,131 @@
+"""Sampling from a trained stage: prompts (text and/or media files, or a JSONL) -> files + manifest + page.
+
+    python sample.py --prompt "draw a red circle at the top left" --force image
+    python sample.py --prompt "what melody is this?" --audio melody.wav
+    python sample.py --prompts prompts.jsonl checkpoint=runs/demo/sft/export generate.max_new_tokens=256
+
+A prompts JSONL line is {"segments": [{"text": ...}, {"image": "a.png"}, ...], "force": "image", "seed": 3}
+(media paths relative to the JSONL's folder; "force" and "seed" optional). With `chat: true` (SFT
+checkpoints) the prompt is the user's turn and the model answers as the assistant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omniseq.config import ConfigError
+from omniseq.document import DocumentCodec, Segment, segment_from_json
+from omniseq.sample.generate import GenerateConfig, generate, prompt_ids
+from omniseq.sample.render import render
+from omniseq.tokenizers.base import load_tokenizer
+from omniseq.tokenizers.text import TextTokenizer
+from omniseq.train.checkpoint import load_export
+from omniseq.vocab import MEDIA
+
+
+@dataclass
+class SampleConfig:
+    checkpoint: str = "runs/demo/sft/export"  # a stage's export folder (model.safetensors + vocab.json)
+    text_tokenizer: str = "runs/demo/tokenizers/text"  # folder with tokenizer.model
+    media_tokenizers: dict[str, str] = field(  # modality -> tokenizer folder; must match the vocabulary
+        default_factory=lambda: {m: f"runs/demo/tokenizers/{m}" for m in MEDIA}
+    )
+    out: str = "runs/demo/samples"  # files, manifest.json and index.html go here
+    chat: bool = True  # prompts are the user's turn (SFT checkpoints); false: continue a plain document
+    batch_size: int = 8  # prompts generated together
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the one-token decode step (GPU)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)  # budgets, constraints, sampling, CFG
+
+
+@dataclass
+class Prompt:
+    segments: list[Segment]
+    force: str | None = None
+    seed: int | None = None
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    prompts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("segments"), list) or not obj["segments"]:
+            raise ConfigError(f'{where}: expected {{"segments": [...], "force"?: ..., "seed"?: ...}}')
+        try:
+            segs = [segment_from_json(s, path.parent, f"{where}.segments[{i}]") for i, s in enumerate(obj["segments"])]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        force = obj.get("force")
+        if force is not None and force not in MEDIA:
+            raise ConfigError(f"{where}.force: expected one of {MEDIA}, got {force!r}")
+        prompts.append(Prompt(segs, force, obj.get("seed")))
+    if not prompts:
+        raise ConfigError(f"{path}: no prompts")
+    return prompts
+
+
+def load_codec(cfg: SampleConfig, layout) -> DocumentCodec:
+    media = {}
+    for mod, d in cfg.media_tokenizers.items():
+        if mod not in MEDIA:
+            raise ConfigError(f"key 'media_tokenizers': unknown modality {mod!r}; expected one of {MEDIA}")
+        if mod in layout.codebooks and d:
+            media[mod] = load_tokenizer(d)
+    return DocumentCodec(layout, TextTokenizer(cfg.text_tokenizer), media)
+
+
+class SamplingSession:
+    """A loaded model + tokenizers, reused across batches of prompts (the demo and eval call `run`)."""
+
+    def __init__(self, cfg: SampleConfig):
+        self.cfg = cfg
+        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and want_cuda)
+        model, layout = load_export(cfg.checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32)
+        self.model, self.layout = model.eval().to(self.device), layout
+        self.codec = load_codec(cfg, layout)  # checks every tokenizer's fingerprint against the vocabulary
+        if cfg.compile:
+            self.model.decode_step = torch.compile(self.model.decode_step, mode="reduce-overhead")
+
+    def ids_of(self, prompt: Prompt) -> np.ndarray:
+        segs = [Segment(s.modality, s.text, s.codes, s.media, "user" if self.cfg.chat and s.role is None else s.role,
+                        s.loss) for s in prompt.segments]  # fmt: skip
+        return prompt_ids(self.codec, segs)
+
+    def generate(self, prompts: list[Prompt]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(prompt ids, generated ids) per prompt, in batches of cfg.batch_size."""
+        cfg, ids = self.cfg, [self.ids_of(p) for p in prompts]
+        room = self.model.cfg.max_seq_len - max(len(p) for p in ids)
+        if room <= 0:
+            longest = int(np.argmax([len(p) for p in ids]))
+            raise ConfigError(f"prompt {longest} has {len(ids[longest])} tokens; the model's context is "
+                              f"{self.model.cfg.max_seq_len}")  # fmt: skip
+        gen_cfg = GenerateConfig(**{**cfg.generate.__dict__, "max_new_tokens": min(cfg.generate.max_new_tokens, room)})
+        out = []
+        for i in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[i : i + cfg.batch_size]
+            seeds = [p.seed if p.seed is not None else cfg.generate.seed + i + j for j, p in enumerate(batch)]
+            out += generate(self.model, self.layout, ids[i : i + cfg.batch_size], gen_cfg,
+                            force=[p.force for p in batch], seeds=seeds, device=self.device)  # fmt: skip
+        return ids, out
+
+    def run(self, prompts: list[Prompt], out_dir: str | Path | None = None) -> dict:
+        ids, out = self.generate(prompts)
+        rows = [np.concatenate([p, o]) for p, o in zip(ids, out)]
+        return render(self.codec, rows, out_dir or self.cfg.out, prompt_lens=[len(p) for p in ids])

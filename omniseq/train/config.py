@@ -1,0 +1,101 @@
+"""A training stage as a config: `python -m omniseq.train --config configs/stages/X.yaml key=value ...`.
+
+The four-stage recipe (MIO, Wang et al. 2024) is four files of this schema: alignment, interleaved,
+speech-enhanced and SFT differ in their data sources and token shares, steps, learning rate and the
+checkpoint they start from. Every key is checked before any compute (`validate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omniseq.config import ConfigError
+from omniseq.data.loader import DataConfig, SourceConfig
+from omniseq.vocab import MODALITIES
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4  # peak learning rate (MIO: 3e-5 when continuing a 6B LLM; small models from scratch: 1e-3)
+    warmup: float = 0.03  # warmup length: a fraction of `steps` when < 1 (MIO: 3%), else a step count
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or embeddings)
+    beta1: float = 0.9  # AdamW
+    beta2: float = 0.95  # AdamW (0.95 is the usual choice for LLM pretraining stability)
+    eps: float = 1e-8  # AdamW
+    grad_clip: float = 1.0  # global gradient-norm clipping; 0 = off
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"  # shown in logs and recorded in checkpoints
+    out_dir: str = "runs/stage"  # checkpoints/, export/, tb/, metrics.jsonl, loss_curves.png
+    vocab: str = "runs/demo/vocab/manifest.json"  # the merged vocabulary every shard set must match
+    init_from: str = "scratch"  # scratch | <export dir of an earlier stage> | hf:<local Llama-family directory>
+    model_size: str = "demo"  # a size of omniseq.model.config.SIZES (ignored when init_from is a stage export)
+    model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {qk_norm: true, z_loss: 1e-5}
+    loss_weights: dict[str, float] = field(default_factory=dict)  # modality -> loss weight (Emu3: image 0.5)
+    data: DataConfig = field(default_factory=DataConfig)  # shard sets + token shares, seq_len, micro-batch
+    eval_sources: list[SourceConfig] = field(default_factory=list)  # held-out shard sets; empty = no eval
+    eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end (when eval_sources)
+    eval_batches: int = 4  # micro-batches per held-out evaluation
+    steps: int = 100  # optimizer steps in this stage
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "auto" values are filled from this file
+    zero_stage: int = -1  # overrides the JSON's ZeRO stage (0-3); -1 keeps it
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the model (GPU)
+    seed: int = 0  # model init, data order, condition dropout
+    log_every: int = 10  # steps between log lines / TensorBoard points
+    save_every: int = 100  # steps between checkpoints (and one at the end)
+    keep_last: int = 2  # complete checkpoints kept
+    max_bad_steps: int = 10  # non-finite losses skipped before the run stops
+    tensorboard: bool = True  # write TensorBoard scalars to <out_dir>/tb
+
+    def warmup_steps(self) -> int:
+        w = self.optim.warmup
+        return int(round(w * self.steps)) if w < 1 else int(w)
+
+    def validate(self, where: str = "stage config") -> None:
+        """Everything that can be checked without compute: values, and that every path exists."""
+
+        def bad(key: str, expected: str, got=None):
+            raise ConfigError(f"{where}: key {key!r}: expected {expected}" + ("" if got is None else f", got {got!r}"))
+
+        if self.steps <= 0:
+            bad("steps", "a positive number of optimizer steps", self.steps)
+        if self.grad_accum <= 0:
+            bad("grad_accum", "a positive number", self.grad_accum)
+        if self.precision not in PRECISIONS:
+            bad("precision", f"one of {PRECISIONS}", self.precision)
+        if self.zero_stage not in (-1, 0, 1, 2, 3):
+            bad("zero_stage", "-1 (keep the JSON's) or 0-3", self.zero_stage)
+        if not 0 <= self.data.options.cond_dropout < 1:
+            bad("data.options.cond_dropout", "a probability in [0, 1)", self.data.options.cond_dropout)
+        unknown = set(self.loss_weights) - set(MODALITIES)
+        if unknown:
+            bad("loss_weights", f"modalities among {MODALITIES}", sorted(unknown))
+        if not Path(self.vocab).is_file():
+            bad("vocab", "an existing manifest.json (build the tokenizers and shards first)", self.vocab)
+        if not Path(self.deepspeed).is_file():
+            bad("deepspeed", "an existing DeepSpeed JSON file", self.deepspeed)
+        if not self.data.sources:
+            bad("data.sources", "at least one shard set")
+        for i, src in enumerate([*self.data.sources, *self.eval_sources]):
+            key = f"data.sources[{i}]" if i < len(self.data.sources) else f"eval_sources[{i - len(self.data.sources)}]"
+            if not (Path(src.path) / "manifest.json").is_file():
+                bad(f"{key}.path", "a shard-set folder with manifest.json (run `make shards`)", src.path)
+            if src.share <= 0:
+                bad(f"{key}.share", "a positive token share", src.share)
+        if self.init_from != "scratch":
+            path = Path(self.init_from.removeprefix("hf:"))
+            if not path.is_dir():
+                bad(
+                    "init_from",
+                    "scratch, an earlier stage's export folder, or hf:<local directory>",
+                    self.init_from,
+                )

@@ -1,0 +1,324 @@
+"""One trainer on the DeepSpeed engine, the same code on one CPU process, one GPU or many nodes.
+
+    python -m omniseq.train --config configs/stages/stage1_alignment.yaml [key=value ...]
+    torchrun --nproc_per_node 8 -m omniseq.train --config ...            (one node)
+    deepspeed --hostfile hosts --module omniseq.train --config ...       (many nodes)
+
+A step: `grad_accum` micro-batches of packed rows (omniseq.data.loader) -> Transformer forward with
+document-causal attention -> chunked cross entropy with per-modality sums -> DeepSpeed backward/step
+(ZeRO, bf16, clipping, warmup + cosine). A non-finite loss on any rank skips that micro-batch on every
+rank and is counted; SIGTERM checkpoints at the end of the step and exits; a restarted run resumes from
+the newest COMPLETE checkpoint with its data position and RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from omniseq.config import ConfigError, save_config
+from omniseq.data.loader import DataConfig, stream_from_config
+from omniseq.data.shardset import read_manifest
+from omniseq.model.config import SIZES, ModelConfig, model_config
+from omniseq.model.hf import import_hf_llama
+from omniseq.model.transformer import Transformer
+from omniseq.train import checkpoint as ckpt
+from omniseq.train.config import StageConfig
+from omniseq.train.logger import RunLogger, device_peak_flops, flops_per_token, plot_loss_curves
+from omniseq.vocab import MODALITIES, VocabLayout
+
+
+class TooManyBadSteps(RuntimeError):
+    pass
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Works under torchrun / the deepspeed launcher, and as a plain single process."""
+    for key, default in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        os.environ.setdefault(key, default)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op for CPU runs (50-100 s on a fresh machine),
+        # after probing every op with compiler subprocesses. gloo is plenty for the CPU runs we do (tests,
+        # the demo): record the op as unavailable, which also skips the probe (its only reader is comm/torch.py).
+        deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
+        device, backend = torch.device("cpu"), "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def check_inputs(cfg: StageConfig) -> VocabLayout:
+    """Fail before any compute: paths, vocab hashes of every shard set and of the starting checkpoint."""
+    cfg.validate()
+    layout = VocabLayout.load(cfg.vocab)
+    for src in [*cfg.data.sources, *cfg.eval_sources]:
+        layout.check_hash(read_manifest(src.path)["vocab_hash"], f"shard set {src.path}")
+    if cfg.init_from not in ("scratch",) and not cfg.init_from.startswith("hf:"):
+        meta = Path(cfg.init_from) / ckpt.EXPORT_META
+        if not meta.is_file():
+            raise ConfigError(f"key 'init_from': {cfg.init_from} is not a stage export ({meta} is missing)")
+        layout.check_hash(json.loads(meta.read_text())["vocab_hash"], f"checkpoint {cfg.init_from}")
+    if cfg.init_from == "scratch" and cfg.model_size not in SIZES:
+        raise ConfigError(f"key 'model_size': {cfg.model_size!r} is not one of {sorted(SIZES)}")
+    return layout
+
+
+def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
+    overrides = dict(cfg.model)
+    if cfg.loss_weights:
+        overrides["loss_weights"] = dict(cfg.loss_weights)
+    if cfg.init_from == "scratch":
+        try:
+            mcfg = model_config(cfg.model_size, vocab_size=layout.size, **overrides)
+        except TypeError as e:
+            raise ConfigError(f"key 'model': {e}") from None
+        torch.manual_seed(cfg.seed)  # every rank builds identical weights
+        return Transformer.build(mcfg)
+    if cfg.init_from.startswith("hf:"):
+        return import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **overrides)
+    model, _ = ckpt.load_export(cfg.init_from, layout)
+    if overrides:  # e.g. loss weights or z-loss that differ in this stage
+        model.cfg = ModelConfig(**{**asdict(model.cfg), **overrides})
+    return model
+
+
+def deepspeed_config(cfg: StageConfig, precision: str) -> dict:
+    """The JSON with its "auto" values filled from the stage config."""
+    ds = json.loads(Path(cfg.deepspeed).read_text())
+    fill = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+    }
+    for k, v in fill.items():
+        if ds.get(k, "auto") == "auto":
+            ds[k] = v
+    ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    if cfg.zero_stage >= 0:
+        ds.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
+    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
+    ds["scheduler"] = {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": cfg.steps,
+            "warmup_num_steps": max(cfg.warmup_steps(), 1),
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": cfg.optim.min_lr_ratio,
+            "warmup_type": "linear",
+        },
+    }
+    return ds
+
+
+def optimizer_for(model: torch.nn.Module, cfg: StageConfig, device: torch.device) -> torch.optim.Optimizer:
+    """torch AdamW, no decay on vectors and embeddings; passing it in avoids DeepSpeed's FusedAdam JIT."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name else rest).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    o = cfg.optim
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
+
+
+class Trainer:
+    def __init__(self, cfg: StageConfig):
+        self.cfg = cfg
+        self.layout = check_inputs(cfg)
+        self.rank, self.world, self.device = init_distributed()
+        self.precision = (
+            cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        )
+        self.out = Path(cfg.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        if self.rank == 0:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        model = build_model(cfg, self.layout).to(self.device)
+        self.mcfg = model.cfg
+        self.ds_config = deepspeed_config(cfg, self.precision)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer_for(model, cfg, self.device), config=self.ds_config
+        )
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+            # The chunked loss reads the output projection outside the module that owns it (and the tied
+            # embedding outside nn.Embedding): ZeRO-3 must gather it for the top module's forward.
+            deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.output_weight)
+        if cfg.compile:
+            self.engine.compile()
+        self.stream = stream_from_config(cfg.data, self.rank, self.world, self.layout)
+        self.step, self.bad_steps, self.stop_requested = 0, 0, False
+        tag = ckpt.latest_complete(self.ckpt_root) if self.ckpt_root.is_dir() else None
+        if tag:
+            common, mine = ckpt.load(self.engine, self.ckpt_root, tag)
+            self.step, self.bad_steps = common["step"], common["bad_steps"]
+            self.stream.load_state_dict(mine["data"])
+        self.resumed_from = tag
+        self.batches = iter(self.stream)
+        self.log = RunLogger(self.out, cfg.steps, self.step, self.rank == 0, cfg.tensorboard)
+        n_params = self.mcfg.num_params(embedding=False)
+        self.flops_per_token = flops_per_token(n_params, self.mcfg.n_layers, self.mcfg.dim, cfg.data.seq_len)
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.peak = device_peak_flops(name)
+
+    # -- one optimizer step ------------------------------------------------------------------------------
+    def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t, op=op)
+        return t
+
+    def train_step(self) -> dict:
+        ce = torch.zeros(len(MODALITIES), device=self.device)
+        count = torch.zeros(len(MODALITIES), device=self.device)
+        loss_sum, good = 0.0, 0
+        while good < self.cfg.grad_accum:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.batches).items()}
+            out = self.engine(**batch)
+            finite = self._all_reduce(torch.isfinite(out.loss.detach()).float().reshape(1), dist.ReduceOp.MIN)
+            if finite.item() == 0:
+                self.bad_steps += 1
+                self.log.write(f"step {self.step}: non-finite loss skipped ({self.bad_steps} so far)")
+                if self.bad_steps > self.cfg.max_bad_steps:
+                    raise TooManyBadSteps(
+                        f"{self.bad_steps} non-finite losses (max_bad_steps={self.cfg.max_bad_steps}); "
+                        "lower the learning rate, enable qk_norm / z_loss, or check the data"
+                    )
+                continue
+            self.engine.backward(out.loss)
+            self.engine.step()
+            ce += out.ce_sum.detach()
+            count += out.count.detach()
+            loss_sum += out.loss.detach().item()
+            good += 1
+        self.step += 1
+        stats = self._all_reduce(torch.cat([ce, count, torch.tensor([loss_sum], device=self.device)]))
+        ce, count = stats[: len(MODALITIES)], stats[len(MODALITIES) : 2 * len(MODALITIES)]
+        out = {"train/loss": stats[-1].item() / (self.world * self.cfg.grad_accum)}
+        out.update({f"train/loss_{m}": (ce[i] / count[i]).item() for i, m in enumerate(MODALITIES) if count[i] > 0})
+        out["train/tokens"] = count.sum().item()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss per modality over `eval_batches` micro-batches of the eval shard sets."""
+        c = self.cfg
+        data = DataConfig(c.eval_sources, c.data.seq_len, c.data.batch_size, c.seed, c.data.options)
+        stream = stream_from_config(data, self.rank, self.world, self.layout)
+        ce = torch.zeros(len(MODALITIES), device=self.device)
+        count = torch.zeros(len(MODALITIES), device=self.device)
+        self.engine.eval()
+        for _, batch in zip(range(self.cfg.eval_batches), stream):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.engine(**batch)
+            ce += out.ce_sum
+            count += out.count
+        self.engine.train()
+        ce, count = self._all_reduce(ce), self._all_reduce(count)
+        res = {f"eval/loss_{m}": (ce[i] / count[i]).item() for i, m in enumerate(MODALITIES) if count[i] > 0}
+        res["eval/loss"] = (ce.sum() / count.sum().clamp(min=1)).item()
+        return res
+
+    def save(self) -> str:
+        common = {"step": self.step, "bad_steps": self.bad_steps, "vocab_hash": self.layout.hash,
+                  "config": asdict(self.cfg), "stage": self.cfg.name}  # fmt: skip
+        return ckpt.save(self.engine, self.ckpt_root, self.step, common, {"data": self.stream.state_dict()},
+                         self.cfg.keep_last)  # fmt: skip
+
+    def export(self, tag: str) -> Path | None:
+        """Consolidated fp32 weights in <out_dir>/export (rank 0), from the checkpoint just written."""
+        zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+        if zero > 0:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(str(self.ckpt_root), tag=tag) if self.rank == 0 else None
+        else:
+            state = {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+        path = None
+        if self.rank == 0:
+            extra = {"stage": self.cfg.name, "step": self.step, "config": asdict(self.cfg)}
+            path = ckpt.export(state, self.mcfg, self.out / "export", self.layout, extra)
+        dist.barrier()
+        return path
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def _on_sigterm(self, signum, frame):
+        self.stop_requested = True
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.resumed_from:
+            self.log.write(f"resumed from {self.ckpt_root / self.resumed_from} at step {self.step}")
+        tokens, t0, last = 0.0, time.perf_counter(), {}
+        while self.step < cfg.steps:
+            last = self.train_step()
+            tokens += last["train/tokens"]
+            self.log.step()
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                scalars = {**last, "lr": self.engine.get_lr()[0], "tokens_per_s": tokens / dt,
+                           "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                           "bad_steps": self.bad_steps}  # fmt: skip
+                if self.peak:
+                    scalars["mfu"] = tokens / dt / self.world * self.flops_per_token / self.peak
+                self.log.log(
+                    self.step,
+                    scalars,
+                    show=f"loss {last['train/loss']:.3f} {scalars['tokens_per_s']:.0f} tok/s",
+                )
+                tokens, t0 = 0.0, time.perf_counter()
+            if cfg.eval_sources and cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.log.log(self.step, self.evaluate())
+            stop = self._all_reduce(torch.tensor([float(self.stop_requested)], device=self.device), dist.ReduceOp.MAX)
+            if self.step % cfg.save_every == 0 or stop.item() > 0:
+                self.save()
+            if stop.item() > 0:
+                self.log.write(f"SIGTERM: checkpoint written at step {self.step}; exiting")
+                self.log.close()
+                return {"stopped_at": self.step}
+        result = dict(last)
+        if cfg.eval_sources:
+            ev = self.evaluate()
+            self.log.log(self.step, ev)
+            result.update(ev)
+        tag = ckpt.latest_complete(self.ckpt_root)
+        if tag != f"step{self.step:08d}":
+            tag = self.save()
+        export = self.export(tag)
+        result["data"] = self.stream.stats()
+        self.log.close()
+        if self.rank == 0:
+            png = plot_loss_curves(self.out / "metrics.jsonl", self.out / "loss_curves.png", cfg.name)
+            (self.out / "result.json").write_text(json.dumps({**result, "export": str(export)}, indent=2) + "\n")
+            print(f"{cfg.name}: {self.step} steps; loss {result.get('train/loss', float('nan')):.4f}; "
+                  f"export {export}; curves {png}")  # fmt: skip
+        return result
+
+
+def run(cfg: StageConfig) -> dict:
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,116 @@
+"""The demo corpus generator: deterministic, well-formed corpora, media on disk, speech with espeak-ng."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from omniseq.config import ConfigError
+from omniseq.data import demo_corpus as dc
+from omniseq.data import demo_media as dm
+from omniseq.data.corpus import CorpusConfig, read_corpus
+from omniseq.document import segment_from_json
+
+TINY = dict(scale="tiny", counts={"image": 12, "melody": 6, "sound": 8, "speech": 4, "video": 4, "interleaved": 4})
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "a"
+    dc.generate(dc.DemoConfig(seed=0, **TINY), out)
+    return out
+
+
+def test_same_seed_gives_identical_files(corpus, tmp_path):
+    dc.generate(dc.DemoConfig(seed=0, **TINY), tmp_path / "b")
+    first, second = files(corpus), files(tmp_path / "b")
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_another_seed_gives_other_media(corpus, tmp_path):
+    dc.generate(dc.DemoConfig(seed=1, **TINY), tmp_path / "c")
+    first, other = files(corpus), files(tmp_path / "c")
+    media = [k for k in first if k.startswith("media/image/")]
+    assert sum(first[k] != other[k] for k in media) > len(media) // 2
+
+
+def test_every_line_parses_and_its_media_exists(corpus):
+    index = json.loads((corpus / "index.json").read_text())
+    assert {c["format"] for c in index["corpora"]} == {"pair", "interleaved", "conversation", "text"}
+    n_media = 0
+    for c in index["corpora"]:
+        for lineno, line in enumerate((corpus / c["path"]).read_text().splitlines(), 1):
+            obj = json.loads(line)
+            for i, seg in enumerate(dc.document_of(obj)):
+                s = segment_from_json(seg, corpus, f"{c['path']}:{lineno}[{i}]")
+                if s.modality != "text":
+                    assert Path(s.media).is_file(), s.media
+                    n_media += 1
+            assert c["format"] == "text" or obj["meta"]
+    assert n_media > 0
+
+
+def test_corpora_read_through_the_data_pipeline_reader(corpus):
+    index = json.loads((corpus / "index.json").read_text())
+    for c in index["corpora"]:
+        records = list(read_corpus(CorpusConfig(path=str(corpus / c["path"]), format=c["format"])))
+        assert len(records) == c["lines"], c["path"]
+
+
+def test_split_holds_out_items_of_every_kind(corpus):
+    index = json.loads((corpus / "index.json").read_text())
+    for kind, counts in index["counts"].items():
+        train = [json.loads(x)["meta"]["id"] for x in (corpus / f"{kind}.train.jsonl").read_text().splitlines()]
+        held = [json.loads(x)["meta"]["id"] for x in (corpus / f"{kind}.eval.jsonl").read_text().splitlines()]
+        assert len(held) >= 1 and not set(train) & set(held)
+        assert len(train) + len(held) == TINY["counts"][kind] == counts["train"] + counts["eval"]
+
+
+def test_sft_has_both_directions_with_roles(corpus):
+    lines = [json.loads(x) for x in (corpus / "sft.train.jsonl").read_text().splitlines()]
+    kinds = [k for k in dc.KINDS if k != "speech" or dm.espeak_binary()]
+    assert {c["meta"]["task"] for c in lines} == {d for k in kinds for d in (f"{k}2text", f"text2{k}")}
+    for conv in lines:
+        assert conv["messages"][-1]["role"] == "assistant"
+        assert all(m["role"] in ("user", "assistant") for m in conv["messages"])
+
+
+def test_text_corpus_holds_the_captions(corpus):
+    text = (corpus / "text.txt").read_text().splitlines()
+    captions = [json.loads(x)["text"] for x in (corpus / "image.train.jsonl").read_text().splitlines()]
+    assert set(captions) <= set(text)
+
+
+def test_without_espeak_speech_is_left_out_and_said(tmp_path, monkeypatch):
+    monkeypatch.setattr(dm, "espeak_binary", lambda: None)
+    index = dc.generate(dc.DemoConfig(**TINY), tmp_path)
+    assert "speech" not in index["counts"] and not (tmp_path / "speech.train.jsonl").exists()
+    assert any("speech" in n for n in index["notes"])
+    with pytest.raises(ConfigError, match="espeak-ng"):
+        dc.generate(dc.DemoConfig(speech="always", **TINY), tmp_path)
+
+
+@pytest.mark.skipif(dm.espeak_binary() is None, reason="espeak-ng is not installed")
+def test_speech_corpus_is_16khz_speech_of_the_transcripts(corpus):
+    import soundfile as sf
+
+    for line in (corpus / "speech.train.jsonl").read_text().splitlines():
+        obj = json.loads(line)
+        info = sf.info(str(corpus / obj["audio"]))
+        assert info.samplerate == dm.SAMPLE_RATE and info.duration > 0.2
+        assert obj["text"] in dm.speech_texts() and obj["meta"]["transcript"] == obj["text"]
+
+
+def test_cli_writes_corpus_and_rejects_bad_config(tmp_path, capsys):
+    dc.main(["--out", str(tmp_path / "cli"), "--seed", "2", "--scale", "tiny", "counts.image=3", "speech=never"])
+    assert len((tmp_path / "cli" / "image.train.jsonl").read_text().splitlines()) == 2  # 3 minus 1 held out
+    with pytest.raises(SystemExit) as e:
+        dc.run(dc.main, ["--out", str(tmp_path / "x"), "--scale", "huge"])
+    assert e.value.code == 2 and "scale" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""Shard builder: exact contents, determinism, resume, and bad input skipped, counted and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omniseq.data.corpus import CorpusError, read_corpus
+from omniseq.data.shards import build_shards, load_codec, main
+from omniseq.data.shardset import DataError, decode_sample, iter_shard, read_manifest
+
+
+def shard_docs(out: str, layout) -> dict[str, tuple]:
+    m = read_manifest(out, layout)
+    docs = {}
+    for s in m["shards"]:
+        for raw in iter_shard(str(Path(out) / s["file"])):
+            d = decode_sample(raw, s["file"], layout.size)
+            meta = json.loads(raw["json"])
+            docs[meta["source"] + ":" + raw["__key__"][-1]] = (
+                d.ids.tolist(),
+                None if d.loss is None else d.loss.tolist(),
+            )
+    return docs
+
+
+def test_shards_hold_exactly_the_encoded_documents(shard_env):
+    cfg, layout = shard_env
+    m = build_shards(cfg, progress=False)
+    codec = load_codec(cfg)
+    expect = {}
+    for c in cfg.corpora:
+        for rec in read_corpus(c, cfg.pair, cfg.seed):
+            seq = codec.encode(rec.segments)
+            j = 0 if rec.direction in ("", "x2t", "t2x") else None
+            loss = None if seq.loss_mask[1:].all() else seq.loss_mask.tolist()
+            expect[f"{rec.where}:{j}"] = (seq.ids.tolist(), loss)
+    assert shard_docs(cfg.out, layout) == expect
+    assert m["samples"] == len(expect) == 96 and len(m["shards"]) == 10
+    assert m["tokens"]["total"] == sum(len(ids) for ids, _ in expect.values())
+    assert m["tokens"]["audio"] > 0 and m["tokens"]["image"] > 0 and m["skipped"] == {}
+    assert m["vocab_hash"] == layout.hash and m["config"]["seed"] == cfg.seed
+
+
+def tars(out: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))}
+
+
+def test_deterministic_across_workers_and_resumable(shard_env, tmp_path):
+    cfg, _ = shard_env
+    build_shards(cfg, progress=False)
+    first = tars(cfg.out)
+    par = replace(cfg, out=str(tmp_path / "par"), workers=2)
+    build_shards(par, progress=False)
+    assert tars(par.out) == first
+    # a kill mid-run: one shard finished but unrecorded, one half-written, one never started
+    os.remove(Path(par.out) / "shard-000003.stats.json")
+    (Path(par.out) / "shard-000005.tar").rename(Path(par.out) / "shard-000005.tar.tmp")
+    os.remove(Path(par.out) / "shard-000007.tar")
+    kept = os.stat(Path(par.out) / "shard-000000.tar").st_mtime_ns
+    build_shards(par, progress=False)
+    assert tars(par.out) == first
+    assert os.stat(Path(par.out) / "shard-000000.tar").st_mtime_ns == kept  # finished shards are kept
+    with pytest.raises(DataError, match="another config"):
+        build_shards(replace(par, seed=4), progress=False)
+
+
+def test_pair_directions_follow_the_probability(shard_env):
+    cfg, layout = shard_env
+    cfg = replace(cfg, corpora=cfg.corpora[:1])
+    dirs = [r.direction for r in read_corpus(cfg.corpora[0], cfg.pair, 0)]
+    assert set(dirs) == {"x2t", "t2x"}
+    only = replace(cfg.pair, p_x_to_text=1.0)
+    assert {r.direction for r in read_corpus(cfg.corpora[0], only, 0)} == {"x2t"}
+    both = replace(cfg.pair, both=True)
+    assert [r.direction for r in read_corpus(cfg.corpora[0], both, 0)] == ["x2t", "t2x"] * 24
+    m = build_shards(replace(cfg, pair=both), progress=False)
+    assert m["samples"] == 48
+
+
+def test_bad_lines_and_media_are_skipped_counted_and_reported(shard_env, capsys):
+    cfg, layout = shard_env
+    d = Path(cfg.corpora[0].path).parent
+    (d / "broken.npy").write_bytes(b"not an array")
+    lines = Path(cfg.corpora[0].path).read_text().splitlines()
+    lines[2] = '{"image": "missing.npy", "text": "gone"}'
+    lines[4] = '{"image": "broken.npy", "text": "bad"}'
+    lines[6] = "{not json"
+    lines[8] = '{"image": "img1.npy"}'
+    Path(cfg.corpora[0].path).write_text("\n".join(lines) + "\n")
+    m = build_shards(cfg, progress=False)
+    assert m["skipped"] == {"missing_media": 1, "bad_media": 1, "bad_record": 2}
+    assert m["samples"] == 92
+    examples = " ".join(m["skipped_examples"])
+    assert "pairs.jsonl:7" in examples and "pairs.jsonl:9" in examples and "broken.npy" in examples
+    with pytest.raises(DataError, match="max_skipped=3"):
+        build_shards(replace(cfg, out=cfg.out + "2", max_skipped=3), progress=False)
+    with pytest.raises(CorpusError, match=r"pairs.jsonl:7: not valid JSON"):
+        build_shards(replace(cfg, out=cfg.out + "3", on_bad_record="raise", shuffle=False), progress=False)
+    main(["out=" + cfg.out + "4", *overrides(cfg)])
+    assert "skipped 1 (bad_media)" in capsys.readouterr().out
+
+
+def overrides(cfg) -> list[str]:
+    import yaml
+
+    p = Path(cfg.out).parent / "cfg.yaml"
+    from omniseq.config import to_dict
+
+    d = to_dict(cfg)
+    d.pop("out")
+    p.write_text(yaml.safe_dump(d))
+    return ["--config", str(p)]
+
+
+def test_cli_reports_user_errors_in_one_line(shard_env, capsys):
+    cfg, _ = shard_env
+    with pytest.raises(SystemExit) as e:
+        main([f"out={cfg.out}", "corpora=[]", *overrides(cfg)])
+    assert e.value.code == 2 and "corpora" in capsys.readouterr().err
+
+
+def test_media_without_a_tokenizer_is_a_config_error(shard_env):
+    cfg, _ = shard_env
+    with pytest.raises(DataError, match="media_tokenizers.image is not set"):
+        build_shards(replace(cfg, media_tokenizers={}), progress=False)
+
+
+def test_codes_only_corpus_needs_no_media_tokenizer(shard_env):
+    cfg, layout = shard_env
+    m = build_shards(replace(cfg, corpora=cfg.corpora[1:2], media_tokenizers={}), progress=False)
+    assert m["samples"] == 24 and m["tokens"]["audio"] > 0
+    assert np.isclose(sum(s["samples"] for s in m["shards"]), 24)
