@@ -1,4 +1,5 @@
 # omniseq: `make demo` runs the whole loop on built-in demo data; `make test` sets up and runs the tests.
+# Every target that runs something takes ARGS="key=value ..." (config overrides) and RUN=<folder>.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -7,16 +8,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.omniseq-installed
 RUN ?= runs/demo
+ARGS ?=
+NGPU ?= 1
+HOSTFILE ?=
+CKPT ?= $(RUN)/sft/export
 # Never let pip (or a package's isolated build) resolve an unpinned torch: it pulls 2+ GB of CUDA wheels.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # DeepSpeed ships as source: build it without compiling ops (they JIT on a GPU machine when used).
 export DS_BUILD_OPS := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# On the 2-core CPU machines, OpenMP threads fighting each other make torch 10-100x slower.
+export OMP_NUM_THREADS ?= 1
 
-.PHONY: help setup test lint format demo bench clean
+# One process: python -m; several GPUs on one node: torchrun; a hostfile: the deepspeed launcher.
+LAUNCH = $(if $(HOSTFILE),$(VENV)/bin/deepspeed --hostfile $(HOSTFILE) --module,$(if $(filter 1,$(NGPU)),$(PY) -m,$(VENV)/bin/torchrun --nproc_per_node $(NGPU) -m))
+TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.image=$(RUN)/tokenizers/image \
+       sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
+
+.PHONY: help setup test test-fast lint format demo demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
+        sample eval bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install omniseq with its test dependencies (quick when done)
 
@@ -26,18 +39,56 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 lint: setup  ## ruff check and format check
-	$(VENV)/bin/ruff check omniseq tests bench
-	$(VENV)/bin/ruff format --check omniseq tests bench
+	$(VENV)/bin/ruff check omniseq tests bench sample.py
+	$(VENV)/bin/ruff format --check omniseq tests bench sample.py
 
 format: setup  ## apply ruff's fixes and formatting
-	$(VENV)/bin/ruff check --fix omniseq tests bench
-	$(VENV)/bin/ruff format omniseq tests bench
+	$(VENV)/bin/ruff check --fix omniseq tests bench sample.py
+	$(VENV)/bin/ruff format omniseq tests bench sample.py
 
-test: setup lint  ## lint, then the CPU test suite
-	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q tests
+test: setup lint  ## lint, then the whole CPU test suite (slow tests included)
+	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile tests
 
-demo: setup  ## the main job on built-in demo data (see README)
-	$(PY) -m omniseq.demo --out $(RUN)
+test-fast: setup  ## the CPU tests without the slow ones
+	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+demo: setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
+	$(PY) -m omniseq.demo --out $(RUN) $(ARGS)
+
+demo-micro: setup  ## the same loop at smoke-test size (a few minutes)
+	$(PY) -m omniseq.demo --scale micro $(ARGS)
+
+corpus: setup  ## the demo corpus only (runs/demo/corpus)
+	$(PY) -m omniseq.demo --out $(RUN) --until corpus $(ARGS)
+
+tokenizers: setup  ## the demo corpus, then the text/image/audio/video tokenizers and the vocabulary
+	$(PY) -m omniseq.demo --out $(RUN) --until vocab $(ARGS)
+
+shards: setup  ## everything up to the demo shard sets (configs/data/demo_*.yaml)
+	$(PY) -m omniseq.demo --out $(RUN) --until shards $(ARGS)
+
+stage1 stage2 stage3 sft: setup  ## train a stage (CONFIG=, NGPU=, HOSTFILE=, ARGS= override; demo scale by default)
+	$(LAUNCH) omniseq.train --config $(or $(CONFIG),$(STAGE_$@)) root=$(RUN) $(ARGS)
+
+STAGE_stage1 := configs/stages/stage1_alignment.yaml
+STAGE_stage2 := configs/stages/stage2_interleaved.yaml
+STAGE_stage3 := configs/stages/stage3_speech.yaml
+STAGE_sft := configs/stages/sft.yaml
+
+sample: setup  ## generate from CKPT (PROMPT="draw a red circle" FORCE=image, or ARGS="--prompts file.jsonl")
+	$(PY) sample.py checkpoint=$(CKPT) out=$(RUN)/samples $(subst sample.,,$(TOKS)) \
+	  $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(FORCE),--force $(FORCE)) $(ARGS)
+
+eval: setup  ## the any-to-any evaluation table of CKPT on the demo world
+	$(PY) -m omniseq.eval --checkpoint $(CKPT) corpus=$(RUN)/corpus out=$(RUN)/eval $(TOKS) $(ARGS)
+
+bench: setup  ## CPU-sized benchmarks, one JSON line each (GPU numbers: docs/benchmarks.md)
+	$(PY) bench/train_step.py --size demo --vocab 4096 --seq-len 256 --batch 4
+	$(PY) bench/decode.py --size demo --vocab 4096 --prompt-len 32 --new-tokens 128
+	$(PY) bench/loader.py
+	$(PY) bench/shards.py
+	$(PY) bench/tokenizers.py image
+	$(PY) bench/tokenizers.py audio
 
 clean:  ## remove generated runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache .hypothesis

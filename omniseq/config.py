@@ -41,8 +41,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
     return [*chain, (str(path), data)]
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build a `schema` dataclass from its defaults, the YAML at `path` and `key=value` overrides."""
+def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a `schema` dataclass from its defaults (or those of a `schema` instance), the YAML at `path`
+    and `key=value` overrides."""
     merged = OmegaConf.structured(schema)
     sources = _read_yaml(Path(path)) if path else []
     bad = [o for o in overrides if "=" not in o]

@@ -53,6 +53,7 @@ MAX_EXAMPLES = 20  # skip examples kept for the report
 
 @dataclass
 class ShardConfig:
+    root: str = "runs/demo"  # the run's folder; other paths may use it as ${root}/... (the demo configs do)
     corpora: list[CorpusConfig] = field(default_factory=list)  # the JSONL corpora to tokenize
     vocab: str = ""  # the vocabulary manifest.json (or its folder)
     text_tokenizer: str = ""  # folder holding the sentencepiece tokenizer.model

@@ -53,6 +53,7 @@ REFERENCES = ("random", "blind")
 class EvalConfig:
     corpus: str = "runs/demo/corpus"  # the demo corpus folder (its sft.eval.jsonl holds the prompts)
     per_direction: int = 20  # held-out items per direction
+    text_tokens: int = 48  # answer budget of the *2text directions (the demo's answers are a few words)
     references: list[str] = field(default_factory=lambda: list(REFERENCES))  # extra rows: random | blind
     perplexity_sources: list[str] = field(default_factory=list)  # shard sets for held-out loss per modality
     perplexity_batches: int = 8  # micro-batches of those
@@ -95,9 +96,22 @@ def blind(item: Item) -> list[Segment]:
     return [Segment("text", text=" ", role="user")]
 
 
-def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt], recogniser) -> list[dict]:
+def budget(item: Item, layout, text_tokens: int) -> int:
+    """Tokens an answer needs: a short text, or one media span of the kind's size (so that a model that
+    never closes its answer, random weights above all, costs a bounded time)."""
+    if item.to_text:
+        return text_tokens
+    cb = layout.codebook(KIND_MODALITY[item.kind])
+    if item.kind == "image":
+        return cb.tokens_per_frame() + 4
+    if item.kind == "video":
+        return 8 * (cb.tokens_per_frame() + 1) + 4  # up to 8 frames
+    return int(3 * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4  # audio: up to 3 seconds
+
+
+def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt], recogniser, text_tokens: int):
     """Generate for every prompt and score each answer against its item's ground truth."""
-    ids, out = session.generate(prompts)
+    ids, out = session.generate(prompts, [budget(it, session.layout, text_tokens) for it in items])
     rows = []
     for item, p, o in zip(items, ids, out):
         answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"] or []
@@ -136,15 +150,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     recogniser = SpeechRecogniser.from_espeak() if speech else None
     base = [Prompt(it.prompt, None if it.to_text else KIND_MODALITY[it.kind]) for it in items]
     results = {"checkpoint": cfg.sample.checkpoint, "rows": {}}
-    results["rows"]["trained"] = score_rows(session, items, base, recogniser)
+    results["rows"]["trained"] = score_rows(session, items, base, recogniser, cfg.text_tokens)
     if "blind" in cfg.references:
         prompts = [Prompt(blind(it), p.force) for it, p in zip(items, base)]
-        results["rows"]["blind"] = score_rows(session, items, prompts, recogniser)
+        results["rows"]["blind"] = score_rows(session, items, prompts, recogniser, cfg.text_tokens)
     if "random" in cfg.references:
         trained = session.model
         torch.manual_seed(0)
         session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
-        results["rows"]["random"] = score_rows(session, items, base, recogniser)
+        results["rows"]["random"] = score_rows(session, items, base, recogniser, cfg.text_tokens)
         session.model = trained
     table = {}
     for name, rows in results["rows"].items():

@@ -108,8 +108,10 @@ class SamplingSession:
                         s.loss) for s in prompt.segments]  # fmt: skip
         return prompt_ids(self.codec, segs)
 
-    def generate(self, prompts: list[Prompt]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(prompt ids, generated ids) per prompt, in batches of cfg.batch_size."""
+    def generate(
+        self, prompts: list[Prompt], budgets: list[int] | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(prompt ids, generated ids) per prompt, in batches of cfg.batch_size; `budgets` caps each row."""
         cfg, ids = self.cfg, [self.ids_of(p) for p in prompts]
         room = self.model.cfg.max_seq_len - max(len(p) for p in ids)
         if room <= 0:
@@ -121,8 +123,10 @@ class SamplingSession:
         for i in range(0, len(prompts), cfg.batch_size):
             batch = prompts[i : i + cfg.batch_size]
             seeds = [p.seed if p.seed is not None else cfg.generate.seed + i + j for j, p in enumerate(batch)]
+            rows = budgets[i : i + cfg.batch_size] if budgets else [gen_cfg.max_new_tokens] * len(batch)
             out += generate(self.model, self.layout, ids[i : i + cfg.batch_size], gen_cfg,
-                            force=[p.force for p in batch], seeds=seeds, device=self.device)  # fmt: skip
+                            force=[p.force for p in batch], seeds=seeds, device=self.device,
+                            budgets=[min(r, gen_cfg.max_new_tokens) for r in rows])  # fmt: skip
         return ids, out
 
     def run(self, prompts: list[Prompt], out_dir: str | Path | None = None) -> dict:

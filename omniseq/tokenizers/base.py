@@ -24,7 +24,14 @@ from omniseq.vocab import CodebookSpec, canonical_json
 _REGISTRY: dict[str, type[MediaTokenizer]] = {}
 # Modules that register kinds when imported; load_tokenizer imports them lazily so that reading a
 # text-only setup never pays for the media stacks.
-_KIND_MODULES = ("omniseq.tokenizers.image", "omniseq.tokenizers.audio", "omniseq.tokenizers.video")
+_KIND_MODULES = (
+    "omniseq.tokenizers.image",
+    "omniseq.tokenizers.hf_image",
+    "omniseq.tokenizers.audio",
+    "omniseq.tokenizers.audio_spec",
+    "omniseq.tokenizers.encodec",
+    "omniseq.tokenizers.video",
+)
 CONFIG_FILE, WEIGHTS_FILE = "tokenizer.json", "weights.safetensors"
 
 
@@ -58,13 +65,22 @@ def registered_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def tokenizer_class(kind: str, where: str = "tokenizer") -> type[MediaTokenizer]:
+    """The class registered for `kind` (importing the kind modules on first use)."""
+    if kind not in _REGISTRY:
+        _import_kind_modules()
+    if kind not in _REGISTRY:
+        raise ValueError(f"{where}: unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[kind]
+
+
 def fingerprint(config: dict, weights: dict[str, torch.Tensor] | None = None) -> str:
     """sha256 over the canonical config JSON and each weight's name, dtype, shape and bytes."""
     h = hashlib.sha256(canonical_json(config).encode())
     for name in sorted(weights or {}):
         t = weights[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -139,11 +155,7 @@ def load_tokenizer(directory: str | Path, expect: type | None = None) -> MediaTo
         kind, config = spec["kind"], spec["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: expected JSON with 'kind' and 'config' ({e})") from e
-    if kind not in _REGISTRY:
-        _import_kind_modules()
-    if kind not in _REGISTRY:
-        raise ValueError(f"{cfg_path}: unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
-    cls = _REGISTRY[kind]
+    cls = tokenizer_class(kind, str(cfg_path))
     if expect is not None and expect is not MediaTokenizer and not issubclass(cls, expect):
         raise TypeError(f"{cfg_path}: holds a {kind!r} tokenizer, not a {expect.__name__}")
     weights_path = d / WEIGHTS_FILE

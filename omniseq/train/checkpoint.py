@@ -98,10 +98,7 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
 def export(state: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, layout: VocabLayout, extra: dict) -> Path:
     """An omniseq model folder (model.yaml + model.safetensors, as omniseq.model.hf reads and exports)
     plus the vocabulary and the vocab hash: everything sampling and the HF exporter need."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    save_model_dir(model, out)
+    save_model_dir(Transformer.from_state_dict(cfg, {k: v.float() for k, v in state.items()}), out)
     layout.save(out / "vocab.json")
     (out / EXPORT_META).write_text(json.dumps({"vocab_hash": layout.hash, **extra}, indent=2, sort_keys=True) + "\n")
     return out

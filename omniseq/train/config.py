@@ -32,6 +32,7 @@ class OptimConfig:
 @dataclass
 class StageConfig:
     name: str = "stage"  # shown in logs and recorded in checkpoints
+    root: str = "runs/demo"  # the run's folder; other paths may use it as ${root}/... (the demo configs do)
     out_dir: str = "runs/stage"  # checkpoints/, export/, tb/, metrics.jsonl, loss_curves.png
     vocab: str = "runs/demo/vocab/manifest.json"  # the merged vocabulary every shard set must match
     init_from: str = "scratch"  # scratch | <export dir of an earlier stage> | hf:<local Llama-family directory>

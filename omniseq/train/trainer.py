@@ -297,7 +297,10 @@ class Trainer:
                 self.log.write(f"SIGTERM: checkpoint written at step {self.step}; exiting")
                 self.log.close()
                 return {"stopped_at": self.step}
-        result = dict(last)
+        if not last and self.rank == 0 and (self.out / "metrics.jsonl").is_file():  # resumed at the end
+            logged = [json.loads(x) for x in (self.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            last = next((r for r in reversed(logged) if "train/loss" in r), {})
+        result = {k: v for k, v in last.items() if k.startswith("train/")}
         if cfg.eval_sources:
             ev = self.evaluate()
             self.log.log(self.step, ev)

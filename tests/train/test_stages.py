@@ -48,7 +48,8 @@ def test_resume_after_sigkill_gives_the_same_losses(train_world, tmp_path):
 
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
-    assert (killed / "checkpoints" / "latest").read_text().strip() == "step00000004"
+    latest = (killed / "checkpoints" / "latest").read_text().strip()
+    assert latest in ("step00000004", "step00000006")  # killed mid-stage, after a complete checkpoint
     res = launch(cfg, nproc=2, overrides=(f"out_dir={killed}",))
     assert "resumed from" in res.stdout + res.stderr
     straight, resumed = losses(tmp_path / "straight"), losses(killed)

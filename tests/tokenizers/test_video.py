@@ -1,0 +1,114 @@
+"""Frame-VQ video: reading MP4/GIF/npz, frame sampling, codes through the vocabulary, save/load, MP4 out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omniseq.tokenizers.base import MediaError, load_tokenizer
+from omniseq.tokenizers.image import VQImageConfig, VQImageTokenizer
+from omniseq.tokenizers.image_io import ImageIOConfig
+from omniseq.tokenizers.video import FrameVideoConfig, FrameVideoTokenizer, read_video, write_mp4
+from omniseq.vocab import TextSpec, VocabLayout
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = VQImageConfig(image=ImageIOConfig(size=16), downsample=4, base_channels=8, channel_mult=[1, 2])
+    cfg.embed_dim, cfg.codebook_size, cfg.codebook_dim = 8, 32, 4
+    return VQImageTokenizer(cfg).save(tmp_path_factory.mktemp("img") / "tok")
+
+
+def clip(t: int = 16, size: int = 16) -> np.ndarray:
+    """A square moving right one pixel per frame: every frame differs from the previous one."""
+    frames = np.full((t, size, size, 3), 255, np.uint8)
+    for i, f in enumerate(frames):
+        f[4:10, i % (size - 6) : i % (size - 6) + 6] = (200, 30, 30)
+    return frames
+
+
+def video_tok(image_dir, **kw) -> FrameVideoTokenizer:
+    return FrameVideoTokenizer.from_image_dir(FrameVideoConfig(image_tokenizer=str(image_dir), **kw))
+
+
+def test_mp4_gif_and_npz_frame_counts(image_dir, tmp_path):
+    tok = video_tok(image_dir, fps=4, max_frames=16, source_fps=8)
+    mp4 = write_mp4(clip(), tmp_path / "c.mp4", fps=8)  # 16 frames at 8 fps = 2 s
+    frames = [Image.fromarray(f) for f in clip()]
+    frames[0].save(tmp_path / "c.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+    np.savez(tmp_path / "one.npz", frames=clip())
+    np.savez(tmp_path / "many.npz", clips=np.stack([clip(), clip()]))
+    for source in (mp4, tmp_path / "c.gif", tmp_path / "one.npz", f"{tmp_path / 'many.npz'}:clips:1", clip()):
+        codes = tok.encode(source)
+        assert codes.shape == (8, 4, 4), source  # 2 s at 4 fps
+        assert codes.dtype == np.int64
+    assert len(read_video(mp4, tok.cfg)[0]) == 16
+    assert tok.tokens_for(mp4) == 8 * 16
+
+
+def test_max_frames_and_difference_sampling(image_dir):
+    assert video_tok(image_dir, fps=8, max_frames=5).encode(clip()).shape == (5, 4, 4)
+    frames = clip()
+    frames[8:] = frames[7]  # the second half is static: difference sampling must skip it
+    tok = video_tok(image_dir, sampling="difference", max_frames=8)
+    kept = tok.frames(frames)
+    assert len(kept) == 8 and np.array_equal(kept, frames[:8])
+
+
+def test_encode_is_deterministic_and_decodes_to_frames_and_mp4(image_dir, tmp_path):
+    tok = video_tok(image_dir)
+    codes = tok.encode(clip())
+    assert np.array_equal(codes, tok.encode(clip()))
+    frames = tok.decode(codes)
+    assert frames.shape == (len(codes), 16, 16, 3) and frames.dtype == np.uint8
+    mp4 = tok.decode_to_mp4(codes, tmp_path / "out.mp4")
+    assert len(read_video(mp4, tok.cfg)[0]) == len(codes)
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+        tok.decode(np.full((2, 4, 4), 99))
+
+
+def test_vocab_round_trip_with_frame_separators(image_dir):
+    tok = video_tok(image_dir, max_frames=3)
+    layout = VocabLayout.build(TextSpec("sentencepiece", 50), [tok.image.codebook_spec(), tok.codebook_spec()])
+    assert layout.codebook("video").shares == "image"
+    assert layout.code_range("video") == layout.code_range("image")
+    codes = tok.encode(clip())
+    ids = layout.media_ids("video", codes)
+    assert (ids == layout.id("<|frame|>")).sum() == len(codes) - 1
+    (piece,) = layout.parse(ids)
+    assert piece.modality == "video" and np.array_equal(piece.payload, codes)
+
+
+def test_save_load_is_self_contained(image_dir, tmp_path):
+    tok = video_tok(image_dir)
+    saved = tok.save(tmp_path / "video")
+    loaded = load_tokenizer(saved)
+    assert isinstance(loaded, FrameVideoTokenizer)
+    assert np.array_equal(loaded.encode(clip()), tok.encode(clip()))
+    assert loaded.fingerprint() == tok.fingerprint()
+    moved = FrameVideoTokenizer(FrameVideoConfig(image_tokenizer="/elsewhere"), tok.image)
+    assert moved.fingerprint() == tok.fingerprint()  # the directory is not part of the identity
+    assert video_tok(image_dir, fps=2).fingerprint() != tok.fingerprint()
+
+
+def test_bad_videos_raise_media_error(image_dir, tmp_path):
+    tok = video_tok(image_dir)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for name in ("bad.mp4", "empty.mp4", "missing.mp4"):
+        with pytest.raises(MediaError, match=name):
+            tok.encode(tmp_path / name)
+    np.savez(tmp_path / "many.npz", clips=np.stack([clip(), clip()]))
+    with pytest.raises(MediaError, match="index"):
+        tok.encode(tmp_path / "many.npz")
+    with pytest.raises(MediaError, match="no frames"):
+        tok.encode(np.zeros((0, 16, 16, 3), np.uint8))
+
+
+def test_real_animated_emoji_clip(image_dir, shared_data):
+    tok = video_tok(image_dir, fps=4, source_fps=8)
+    codes = tok.encode(f"{shared_data / 'noto_animated_emoji' / 'clips_16x64x64.npz'}:clips:0")
+    assert codes.shape == (8, 4, 4)
