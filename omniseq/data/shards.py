@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,6 +187,9 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> 
 def _init_worker(workers: int) -> None:
     # each process gets its share of the cores: N workers x all-core torch pools would oversubscribe
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    # a forked worker inherits the parent's handlers: one that catches SIGTERM (a trainer's checkpoint-and-
+    # exit handler) would make Pool.terminate() wait forever
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _build_job(job) -> dict:

@@ -264,8 +264,14 @@ class Trainer:
         self.stop_requested = True
 
     def fit(self) -> dict:
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _fit(self) -> dict:
         cfg = self.cfg
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.resumed_from:
             self.log.write(f"resumed from {self.ckpt_root / self.resumed_from} at step {self.step}")
         tokens, t0, last = 0.0, time.perf_counter(), {}

@@ -99,7 +99,7 @@ def fit_with_poisoned_batches(cfg: StageConfig, poisoned: set[int]):
         out = real(**batch)
         calls[0] += 1
         if calls[0] in poisoned:
-            out.loss = out.loss * float("nan")
+            out["loss"] = out["loss"] * float("nan")
         return out
 
     t.engine.module.forward = flaky
