@@ -1,4 +1,6 @@
-"""KV-cache decode throughput: tokens/s at batch 1 and 16, eager and compiled, with MBU; ONE JSON line.
+"""KV-cache decode throughput: tokens/s at batch 1 and 16, eager and compiled, with MBU; and the time to
+generate one 256-code image span through the sampler (constraints, sampling) with and without in-batch
+classifier-free guidance; ONE JSON line.
 
     python bench/decode.py --size 1B --prompt-len 128 --new-tokens 256           # on a GPU
     python bench/decode.py --size tiny --vocab 2000 --new-tokens 32 --no-compile  # CPU smoke run
@@ -74,6 +76,30 @@ def run_one(model: Transformer, batch: int, prompt_len: int, new_tokens: int, co
     }
 
 
+def time_image_span(cfg_size: str, batch: int, guidance: float, device, dtype) -> dict:
+    """Seconds to generate one 16x16 image span (256 codes of an 8192-code VQ, Chameleon-like) per row,
+    prompt 16 text ids, the model of `cfg_size` over that vocabulary, through omniseq.sample.generate."""
+    from omniseq.sample.generate import GenerateConfig, generate
+    from omniseq.sample.sampling import GuidanceConfig, SamplingConfig
+    from omniseq.vocab import CodebookSpec, TextSpec, VocabLayout
+
+    layout = VocabLayout.build(TextSpec("bench", 32000), [CodebookSpec("image", "bench", 8192, grid=(16, 16))])
+    model = Transformer.build(model_config(cfg_size, layout.size, max_seq_len=512), device=device, dtype=dtype).eval()
+    sampling = SamplingConfig(guidance=GuidanceConfig(image=guidance))
+    gen = GenerateConfig(max_new_tokens=260, progress=False, sampling=sampling)
+    rng = torch.Generator().manual_seed(0)
+    prompts = [[layout.id("<bos>"), *torch.randint(0, 32000, (16,), generator=rng).tolist()] for _ in range(batch)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    generate(model, layout, prompts, gen, force=["image"] * batch, device=device)  # warm-up
+    sync()
+    start = time.perf_counter()
+    out = generate(model, layout, prompts, gen, force=["image"] * batch, device=device)
+    sync()
+    seconds = time.perf_counter() - start
+    codes = min(int(((o >= layout.code_range("image")[0]) & (o < layout.code_range("image")[1])).sum()) for o in out)
+    return {"batch": batch, "guidance": guidance, "seconds": round(seconds, 3), "codes_per_row": codes}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="tiny")
@@ -84,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-compile", action="store_true", help="only the eager decode step")
     p.add_argument("--dtype", default=None, help="bfloat16 (GPU default) or float32 (CPU default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-image-span", action="store_true", help="skip the image-span timing")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -95,6 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
     for batch in (int(b) for b in args.batches.split(",")):
         for compiled in (False,) if args.no_compile else (False, True):
             runs.append(run_one(model, batch, args.prompt_len, args.new_tokens, compiled, device))
+    batches = [int(b) for b in args.batches.split(",")]
+    spans = (
+        [] if args.no_image_span else [time_image_span(args.size, b, g, device, dtype) for b in batches for g in (1, 3)]
+    )
     result = {
         "bench": "decode",
         "size": args.size,
@@ -106,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "peak_gb_per_s": device_bandwidth(device),
         "runs": runs,
+        "image_span": spans,
     }
     print(json.dumps(result))
     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,11 @@ from omniseq.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3", "sft", "samples", "eval")
 STAGES = {"stage1": "stage1_alignment", "stage2": "stage2_interleaved", "stage3": "stage3_speech", "sft": "sft"}
+WORK_DIRS = {  # what a redone step deletes first, so that it starts over instead of resuming stale work
+    "tokenizers": ("tokenizers/image_training", "tokenizers/audio_training"),
+    "shards": ("shards",),
+    **{s: (s,) for s in STAGES},
+}
 SHARD_SETS = ("pairs", "speech", "interleaved", "sft", "pairs_eval", "sft_eval")
 
 
@@ -34,17 +40,20 @@ class DemoRunConfig:
     seed: int = 0  # corpus, tokenizers, training and sampling
     text_vocab: int = 1000  # sentencepiece pieces of the demo text tokenizer
     image_tokenizer: str = "configs/tokenizers/image_demo.yaml"  # training config of the image VQ
-    audio_tokenizer: str = "configs/tokenizers/audio_demo.yaml"  # training config of the audio codec
-    tokenizer_overrides: list[str] = field(default_factory=list)  # key=value for both tokenizer trainings
+    audio_tokenizer: str = "configs/tokenizers/audio_spec_demo.yaml"  # training config of the audio codec
+    image_overrides: list[str] = field(default_factory=list)  # key=value for the image tokenizer's training
+    audio_overrides: list[str] = field(default_factory=list)  # key=value for the audio tokenizer's training
     stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage
     eval_per_direction: int = 20  # held-out prompts per direction in the table
+    nproc: int = 2  # training processes (torchrun, gloo on CPU): one per core of the 2-core demo machine
 
 
 MICRO = DemoRunConfig(
     scale="micro",
     out="runs/demo-micro",
     text_vocab=400,
-    tokenizer_overrides=["steps=4", "max_minutes=0"],
+    image_overrides=["steps=4", "max_minutes=0", "holdout=4"],
+    audio_overrides=["steps=4", "max_minutes=0"],
     stage_overrides=[
         "steps=3",
         "log_every=1",
@@ -54,7 +63,14 @@ MICRO = DemoRunConfig(
         "eval_batches=1",
     ],  # fmt: skip
     eval_per_direction=1,
+    nproc=1,
 )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(cmd: list[str]) -> None:
@@ -78,11 +94,11 @@ class Demo:
         notes = "; ".join(index.get("notes", []))
         return f"{sum(sum(c.values()) for c in index['counts'].values())} items{'; ' + notes if notes else ''}"
 
-    def _train_tokenizer(self, kind: str, config: str, sources: list[Path]) -> None:
+    def _train_tokenizer(self, kind: str, config: str, sources: list[Path], overrides: list[str]) -> None:
         work = self.tok / f"{kind}_training"
         srcs = "[" + ",".join(str(s) for s in sources if s.exists()) + "]"
         run([sys.executable, "-m", "omniseq.tokenizers.train", kind, "--config", config, f"out={work}",
-             f"sources={srcs}", f"seed={self.cfg.seed}", *self.cfg.tokenizer_overrides])  # fmt: skip
+             f"sources={srcs}", f"seed={self.cfg.seed}", *overrides])  # fmt: skip
         shutil.rmtree(self.tok / kind, ignore_errors=True)
         shutil.copytree(work / "tokenizer", self.tok / kind)
 
@@ -90,11 +106,14 @@ class Demo:
         from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig
         from omniseq.tokenizers.video import FrameVideoConfig, FrameVideoTokenizer
 
-        media = self.out / "corpus" / "media"
-        text, _ = TextTokenizer.train([self.out / "corpus" / "text.txt"], self.tok / "text",
+        corpus = self.out / "corpus"
+        text, _ = TextTokenizer.train([corpus / "text.txt"], self.tok / "text",
                                       TextTrainConfig(vocab_size=self.cfg.text_vocab, seed=self.cfg.seed))  # fmt: skip
-        self._train_tokenizer("image", self.cfg.image_tokenizer, [media / "image"])
-        self._train_tokenizer("audio", self.cfg.audio_tokenizer, [media / k for k in ("melody", "sound", "speech")])
+        # The audio codec trains on the train split's files only; the image trainer reads folders, so it
+        # sees the held-out scenes too (a tokenizer, not the model: the eval measures the model's mapping).
+        self._train_tokenizer("image", self.cfg.image_tokenizer, [corpus / "media" / "image"], self.cfg.image_overrides)
+        audio = [corpus / f"{k}.train.jsonl" for k in ("melody", "sound", "speech")]
+        self._train_tokenizer("audio", self.cfg.audio_tokenizer, audio, self.cfg.audio_overrides)
         video = FrameVideoTokenizer.from_image_dir(FrameVideoConfig(image_tokenizer=str(self.tok / "image")))
         video.save(self.tok / "video")
         return f"text {text.vocab_size} pieces; image, audio and video tokenizers in {self.tok}"
@@ -129,7 +148,9 @@ class Demo:
         if len(present) < len(stage.data.sources):  # no speech shards without espeak-ng
             srcs = ",".join(f"{{path: '{s.path}', share: {s.share}}}" for s in present)
             overrides.append(f"data.sources=[{srcs}]")
-        run([sys.executable, "-m", "omniseq.train", "--config", str(config), *overrides])
+        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cfg.nproc}",
+                  f"--master_port={free_port()}"] if self.cfg.nproc > 1 else [sys.executable]  # fmt: skip
+        run([*launch, "-m", "omniseq.train", "--config", str(config), *overrides])
         result = json.loads((Path(stage.out_dir) / "result.json").read_text())
         held = f"; held-out {result['eval/loss']:.3f}" if "eval/loss" in result else ""
         return f"loss {result['train/loss']:.3f}{held}"
@@ -166,8 +187,10 @@ class Demo:
     def eval(self) -> str:
         from omniseq.eval.harness import EvalConfig, evaluate, format_table
 
+        sample = self._sample_config()
+        sample.batch_size = 16
         cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
-                         out=str(self.out / "eval"), sample=self._sample_config(),
+                         out=str(self.out / "eval"), sample=sample,
                          perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
         results = evaluate(cfg)
         print(format_table(results))
@@ -193,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.redo:
         for s in STEPS[STEPS.index(args.redo) :]:
             (done / s).unlink(missing_ok=True)
-            if s in STAGES:  # a redone stage starts over instead of resuming its old checkpoints
-                shutil.rmtree(Path(cfg.out) / s, ignore_errors=True)
+            for work in WORK_DIRS.get(s, ()):
+                shutil.rmtree(Path(cfg.out) / work, ignore_errors=True)
     timings, t_all = [], time.perf_counter()
     for name in STEPS[: STEPS.index(args.until) + 1]:
         if (done / name).exists():

@@ -70,9 +70,11 @@ class ShardConfig:
     pair: PairConfig = field(default_factory=PairConfig)  # pair directions and templates
 
 
-def config_hash(cfg: ShardConfig) -> str:
-    """What determines the shards' content (not `workers` or `out`): resume refuses a changed config."""
-    d = asdict(cfg)
+def config_hash(cfg: ShardConfig, vocab_hash: str) -> str:
+    """What determines the shards' content (not `workers` or `out`): the config and the vocabulary, whose
+    hash covers every tokenizer's weights (paths alone would let a retrained tokenizer reuse stale shards).
+    Resume refuses shards built with another one."""
+    d = {**asdict(cfg), "vocab_hash": vocab_hash}
     for k in ("workers", "out", "max_skipped"):
         d.pop(k)
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
@@ -124,7 +126,7 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> 
         "tokens": dict.fromkeys(MODALITIES, 0),
         "skipped": {},
         "examples": [],
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, codec.layout.hash),
     }
 
     def skip(reason: str, err: Exception) -> None:
@@ -196,15 +198,16 @@ def _build_job(job) -> dict:
     return build_shard(*job)
 
 
-def _done_stats(cfg: ShardConfig, k: int) -> dict | None:
+def _done_stats(cfg: ShardConfig, k: int, vocab_hash: str) -> dict | None:
     stats_file = shard_path(cfg, k, ".stats.json")
     if not (stats_file.is_file() and shard_path(cfg, k).is_file()):
         return None
     stats = json.loads(stats_file.read_text())
-    if stats.get("config_hash") != config_hash(cfg):
+    now = config_hash(cfg, vocab_hash)
+    if stats.get("config_hash") != now:
         raise DataError(
-            f"{stats_file} was built with another config (hash {stats.get('config_hash')}, now "
-            f"{config_hash(cfg)}): use a new `out` folder or delete the old shards"
+            f"{stats_file} was built with another config or vocabulary (hash {stats.get('config_hash')}, now "
+            f"{now}): use a new `out` folder or delete the old shards"
         )
     return stats
 
@@ -216,7 +219,7 @@ def build_shards(cfg: ShardConfig, progress: bool = True) -> dict:
     layout = _codec(cfg).layout  # fail on a bad vocab/tokenizer before any work
     slices = plan(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    stats = {k: s for k in range(len(slices)) if (s := _done_stats(cfg, k)) is not None}
+    stats = {k: s for k in range(len(slices)) if (s := _done_stats(cfg, k, layout.hash)) is not None}
     todo = [(cfg, k, slices[k]) for k in range(len(slices)) if k not in stats]
     bar = tqdm(total=len(slices), initial=len(stats), desc=f"shards {cfg.name}", unit="shard", disable=not progress)
     skipped = sum(sum(s["skipped"].values()) for s in stats.values())

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from omniseq.config import load_config, save_config
+from omniseq.config import ConfigError, load_config, save_config
 from omniseq.tokenizers.audio import (
     RVQAudioTokenizer,
     RVQCodec,
@@ -76,7 +76,7 @@ class AudioTrainConfig:
     def active(self) -> RVQCodecConfig | SpecCodecConfig:
         """The config of the codec `kind` trains (both have sample_rate, hop, io, layers_used, codebook_size)."""
         if self.kind not in KINDS:
-            raise ValueError(f"AudioTrainConfig.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ConfigError(f"audio training config: kind must be one of {KINDS}, got {self.kind!r}")
         return self.codec if self.kind == "rvq_audio" else self.spec_codec
 
 
@@ -129,6 +129,10 @@ def load_sets(cfg: AudioTrainConfig) -> AudioSet:
         if not clips:
             raise ValueError(f"source {src}: no training clips (all held out, skipped or none found)")
         train.append(clips)
+    largest = max(train, key=len)
+    if not valid and cfg.valid_fraction > 0 and len(largest) > 1:
+        # The path hash held nothing out (small folders): hold out one clip, so metrics always exist.
+        valid.append(largest.pop())
     rng = random.Random(cfg.seed)
     rng.shuffle(valid)  # a mix of sources in the evaluated prefix
     return AudioSet(train, valid[: cfg.max_valid_clips], skipped)

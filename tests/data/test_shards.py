@@ -13,6 +13,7 @@ import pytest
 from omniseq.data.corpus import CorpusError, read_corpus
 from omniseq.data.shards import build_shards, load_codec, main
 from omniseq.data.shardset import DataError, decode_sample, iter_shard, read_manifest
+from omniseq.vocab import VocabLayout
 
 
 def shard_docs(out: str, layout) -> dict[str, tuple]:
@@ -68,6 +69,16 @@ def test_deterministic_across_workers_and_resumable(shard_env, tmp_path):
     assert os.stat(Path(par.out) / "shard-000000.tar").st_mtime_ns == kept  # finished shards are kept
     with pytest.raises(DataError, match="another config"):
         build_shards(replace(par, seed=4), progress=False)
+
+
+def test_resume_refuses_shards_of_a_retrained_tokenizer(shard_env):
+    """Same paths, new tokenizer weights: the shards' ids mean other codes now and must not be reused."""
+    cfg, layout = shard_env
+    build_shards(cfg, progress=False)
+    retrained = replace(layout.codebook("audio"), fingerprint="weights after retraining")
+    VocabLayout(layout.text, layout.specials, {**layout.codebooks, "audio": retrained}).save(cfg.vocab)
+    with pytest.raises(DataError, match="another config or vocabulary"):
+        build_shards(cfg, progress=False)
 
 
 def test_pair_directions_follow_the_probability(shard_env):

@@ -1,0 +1,45 @@
+"""`make demo` end to end at smoke-test size: every step runs and leaves what the next one needs.
+
+This is the CI smoke test of issue 9 (a few tens of seconds), not the quality gate: the micro scale trains
+a tiny model for a few steps, so its scores are at chance. The quality run is `make demo` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omniseq.demo import STEPS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_micro_demo_runs_every_step(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([sys.executable, "-m", "omniseq.demo", "--scale", "micro", "--out", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(p.name for p in (out / ".done").iterdir()) == sorted(STEPS)
+    assert "demo finished" in res.stdout and all(f"  {s}" in res.stdout for s in STEPS)
+    for stage in ("stage1", "stage2", "stage3", "sft"):
+        assert (out / stage / "export" / "model.safetensors").is_file()
+        assert (out / stage / "loss_curves.png").is_file()
+    manifest = json.loads((out / "samples" / "manifest.json").read_text())
+    assert manifest["rows"] and all(r["error"] is None for r in manifest["rows"])
+    made = [p for r in manifest["rows"] for p in r["pieces"] if p["generated"] and p["modality"] != "text"]
+    assert made and all(Path(out / "samples" / Path(p["file"]).name).is_file() for p in made)
+    assert (out / "samples" / "index.html").is_file()
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert set(results["table"]) == {"trained", "blind", "random"}
+    assert {"text2image", "image2text", "text2melody", "melody2text"} <= set(results["table"]["trained"])
+    # a second run finds every step done and redoes nothing
+    again = subprocess.run([sys.executable, "-m", "omniseq.demo", "--scale", "micro", "--out", str(out)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and again.stdout.count("(done before)") == len(STEPS)
