@@ -36,23 +36,24 @@ def test_stage_chain_two_processes(train_world, tmp_path, zero):
 
 
 def test_resume_after_sigkill_gives_the_same_losses(train_world, tmp_path):
-    cfg = stage_yaml(train_world, tmp_path / "run.yaml", steps=8, save_every=2)
+    steps = 30  # long enough that the kill below lands mid-stage even on a fast, idle machine
+    cfg = stage_yaml(train_world, tmp_path / "run.yaml", steps=steps, save_every=2)
     launch(cfg, nproc=2, overrides=(f"out_dir={tmp_path / 'straight'}",))
     killed = tmp_path / "killed"
     proc = launch(cfg, nproc=2, overrides=(f"out_dir={killed}",), stdout=subprocess.DEVNULL,
                   stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and 5 not in (losses(killed) if (killed / "metrics.jsonl").exists() else {}):
-        time.sleep(0.2)
+        time.sleep(0.05)
     import os
 
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-stage
     proc.wait()
-    latest = (killed / "checkpoints" / "latest").read_text().strip()
-    assert latest in ("step00000004", "step00000006")  # killed mid-stage, after a complete checkpoint
+    latest = int((killed / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert 4 <= latest < steps  # killed mid-stage, after at least one complete checkpoint
     res = launch(cfg, nproc=2, overrides=(f"out_dir={killed}",))
     assert "resumed from" in res.stdout + res.stderr
     straight, resumed = losses(tmp_path / "straight"), losses(killed)
-    assert sorted(resumed) == sorted(straight) == list(range(1, 9))
+    assert sorted(resumed) == sorted(straight) == list(range(1, steps + 1))
     for step in straight:
         assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step
