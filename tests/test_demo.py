@@ -22,7 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_micro_demo_runs_every_step(tmp_path):
     out = tmp_path / "demo"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # not the rendezvous variables of a process group this test process may hold (tests/train run trainers
+    # in-process): the demo's trainers must pick their own free port
+    dist_keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in dist_keys}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run([sys.executable, "-m", "omniseq.demo", "--scale", "micro", "--out", str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
