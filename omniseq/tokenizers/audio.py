@@ -237,11 +237,13 @@ class RVQAudioTokenizer(MediaTokenizer):
 
     kind = "rvq_audio"
     modality = "audio"
+    codec_cls: type[nn.Module] = RVQCodec  # subclasses swap the codec (audio_spec.py) and keep the rest
+    config_cls: type = RVQCodecConfig
 
-    def __init__(self, cfg: RVQCodecConfig, model: RVQCodec | None = None):
+    def __init__(self, cfg, model: nn.Module | None = None):
         cfg.validate()
         self.cfg = cfg
-        self.model = (model or RVQCodec(cfg)).eval()
+        self.model = (model or self.codec_cls(cfg)).eval()
 
     @property
     def codebook_size(self) -> int:
@@ -270,10 +272,10 @@ class RVQAudioTokenizer(MediaTokenizer):
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[1] == 0 or not 1 <= codes.shape[0] <= self.cfg.num_quantizers:
             raise ValueError(
-                f"rvq_audio codes must be [1..{self.cfg.num_quantizers} layers, frames], got {codes.shape}"
+                f"{self.kind} codes must be [1..{self.cfg.num_quantizers} layers, frames], got {codes.shape}"
             )
         if codes.min() < 0 or codes.max() >= self.cfg.codebook_size:
-            raise ValueError(f"rvq_audio codes must lie in [0, {self.cfg.codebook_size})")
+            raise ValueError(f"{self.kind} codes must lie in [0, {self.cfg.codebook_size})")
         t = torch.from_numpy(rearrange(codes.astype(np.int64), "l f -> 1 f l")).to(self._device())
         return self.model.decode(t)[0, 0].clamp(-1, 1).cpu().numpy().astype(np.float32)
 
@@ -295,7 +297,7 @@ class RVQAudioTokenizer(MediaTokenizer):
             codebook_size=self.cfg.codebook_size,
             num_layers=self.cfg.layers_used,
             flatten=self.cfg.flatten,
-            rate=self.cfg.frame_rate,
+            rate=float(self.cfg.frame_rate),
             fingerprint=self.fingerprint(),
             config=self.config_dict(),
         )
@@ -305,19 +307,18 @@ class RVQAudioTokenizer(MediaTokenizer):
 
     @classmethod
     def from_config(cls, config: dict, weights: dict[str, torch.Tensor] | None = None) -> RVQAudioTokenizer:
-        cfg = codec_config_from_dict(config)
-        tok = cls(cfg)
+        tok = cls(codec_config_from_dict(config, cls.config_cls, cls.kind))
         if weights is not None:
             tok.model.load_state_dict(weights)
         return tok
 
 
-def codec_config_from_dict(config: dict) -> RVQCodecConfig:
-    """A saved or YAML mapping -> RVQCodecConfig; unknown keys are a ConfigError naming them."""
+def codec_config_from_dict(config: dict, schema: type = RVQCodecConfig, kind: str = "rvq_audio"):
+    """A saved or YAML mapping -> a codec config dataclass; unknown keys are a ConfigError naming them."""
     config = dict(config)
     io = AudioIOConfig(**config.pop("io", {}))
-    known = set(RVQCodecConfig.__dataclass_fields__)
+    known = set(schema.__dataclass_fields__)
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ConfigError(f"rvq_audio config: unknown key(s) {unknown}; known: {sorted(known)}")
-    return RVQCodecConfig(**config, io=io)
+        raise ConfigError(f"{kind} config: unknown key(s) {unknown}; known: {sorted(known)}")
+    return schema(**config, io=io)

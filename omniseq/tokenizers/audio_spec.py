@@ -27,20 +27,18 @@ log-mel of the predicted magnitude, commitment.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from einops import rearrange, reduce
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 from omniseq.config import ConfigError
-from omniseq.tokenizers.audio import mel_filterbank
-from omniseq.tokenizers.audio_io import AudioIOConfig, load_audio
-from omniseq.tokenizers.base import MediaTokenizer, register_tokenizer
-from omniseq.vocab import FLATTENINGS, CodebookSpec
+from omniseq.tokenizers.audio import RVQAudioTokenizer, mel_filterbank
+from omniseq.tokenizers.audio_io import AudioIOConfig
+from omniseq.tokenizers.base import register_tokenizer
+from omniseq.vocab import FLATTENINGS
 
 
 @dataclass
@@ -226,89 +224,9 @@ class SpecCodec(nn.Module):
 
 
 @register_tokenizer
-class SpecAudioTokenizer(MediaTokenizer):
-    """encode(path | array+rate) -> int64 codes [layers_used, frames]; decode(codes [L', F]) -> float32 [T]"""
+class SpecAudioTokenizer(RVQAudioTokenizer):
+    """The rvq_audio interface (encode, decode, flattening, layers used) over the spectrogram codec."""
 
     kind = "rvq_spec_audio"
-    modality = "audio"
-
-    def __init__(self, cfg: SpecCodecConfig, model: SpecCodec | None = None):
-        cfg.validate()
-        self.cfg = cfg
-        self.model = (model or SpecCodec(cfg)).eval()
-
-    @property
-    def codebook_size(self) -> int:
-        return self.cfg.codebook_size
-
-    @property
-    def num_layers(self) -> int:
-        return self.cfg.layers_used
-
-    @property
-    def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    def _wave(self, media: Any, sample_rate: int | None) -> np.ndarray:
-        return load_audio(media, self.cfg.sample_rate, self.cfg.io, sample_rate).samples
-
-    def encode(self, media: Any, sample_rate: int | None = None) -> np.ndarray:
-        x = self._wave(media, sample_rate)
-        wav = torch.from_numpy(np.pad(x, (0, -len(x) % self.cfg.hop)))[None, None]  # [1, 1, T], last frame padded
-        codes = self.model.encode(wav.to(self._device()))[0, :, : self.cfg.layers_used]  # [F, L]
-        return rearrange(codes, "f l -> l f").cpu().numpy().astype(np.int64)
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] == 0 or not 1 <= codes.shape[0] <= self.cfg.num_quantizers:
-            raise ValueError(
-                f"rvq_spec_audio codes must be [1..{self.cfg.num_quantizers} layers, frames], got {codes.shape}"
-            )
-        if codes.min() < 0 or codes.max() >= self.cfg.codebook_size:
-            raise ValueError(f"rvq_spec_audio codes must lie in [0, {self.cfg.codebook_size})")
-        t = torch.from_numpy(rearrange(codes.astype(np.int64), "l f -> 1 f l")).to(self._device())
-        return self.model.decode(t)[0, 0].clamp(-1, 1).cpu().numpy().astype(np.float32)
-
-    def tokens_for(self, media: Any, sample_rate: int | None = None) -> int:
-        """Ids the span body takes: frames x layers in ids (1 for the `first` flattening)."""
-        frames = math.ceil(len(self._wave(media, sample_rate)) / self.cfg.hop)
-        return frames * (1 if self.cfg.flatten == "first" else self.cfg.layers_used)
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
-
-    def codebook_spec(self) -> CodebookSpec:
-        return CodebookSpec(
-            modality="audio",
-            kind=self.kind,
-            codebook_size=self.cfg.codebook_size,
-            num_layers=self.cfg.layers_used,
-            flatten=self.cfg.flatten,
-            rate=float(self.cfg.frame_rate),
-            fingerprint=self.fingerprint(),
-            config=self.config_dict(),
-        )
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.state_dict())
-
-    @classmethod
-    def from_config(cls, config: dict, weights: dict[str, torch.Tensor] | None = None) -> SpecAudioTokenizer:
-        tok = cls(spec_config_from_dict(config))
-        if weights is not None:
-            tok.model.load_state_dict(weights)
-        return tok
-
-
-def spec_config_from_dict(config: dict) -> SpecCodecConfig:
-    """A saved or YAML mapping -> SpecCodecConfig; unknown keys are a ConfigError naming them."""
-    config = dict(config)
-    io = AudioIOConfig(**config.pop("io", {}))
-    known = set(SpecCodecConfig.__dataclass_fields__)
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ConfigError(f"rvq_spec_audio config: unknown key(s) {unknown}; known: {sorted(known)}")
-    return SpecCodecConfig(**config, io=io)
+    codec_cls = SpecCodec
+    config_cls = SpecCodecConfig
