@@ -24,15 +24,7 @@ import torch
 
 from omniseq.model.config import model_config
 from omniseq.model.transformer import Transformer
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-def device_peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+from omniseq.train.logger import device_peak_tflops
 
 
 def packed_batch(batch: int, seq_len: int, docs: int, vocab: int, device, generator) -> dict:

@@ -10,19 +10,19 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-# bf16 dense peak of the devices we report MFU against (dense, no sparsity), in FLOP/s.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Dense bf16 peak of the devices MFU is reported against, in TFLOP/s (bench/train_step.py uses this too,
+# so the trainer's MFU and the benchmark's compare on the same terms).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def device_peak_flops(device_name: str) -> float | None:
-    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
-
-
-def flops_per_token(n_params_no_embed: int, n_layers: int, dim: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B, causal half)."""
-    return 6 * n_params_no_embed + 6 * n_layers * dim * seq_len
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
 class RunLogger:

@@ -33,7 +33,7 @@ from omniseq.model.hf import import_hf_llama
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.config import StageConfig
-from omniseq.train.logger import RunLogger, device_peak_flops, flops_per_token, plot_loss_curves
+from omniseq.train.logger import RunLogger, device_peak_tflops, plot_loss_curves
 from omniseq.vocab import MODALITIES, VocabLayout
 
 
@@ -179,10 +179,8 @@ class Trainer:
         self.resumed_from = tag
         self.batches = iter(self.stream)
         self.log = RunLogger(self.out, cfg.steps, self.step, self.rank == 0, cfg.tensorboard)
-        n_params = self.mcfg.num_params(embedding=False)
-        self.flops_per_token = flops_per_token(n_params, self.mcfg.n_layers, self.mcfg.dim, cfg.data.seq_len)
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        self.peak = device_peak_flops(name)
+        self.flops_per_token = self.mcfg.flops_per_token(cfg.data.seq_len)  # the formula bench/train_step.py uses
+        self.peak = device_peak_tflops(self.device)
 
     # -- one optimizer step ------------------------------------------------------------------------------
     def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -291,7 +289,7 @@ class Trainer:
                            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                            "bad_steps": self.bad_steps}  # fmt: skip
                 if self.peak:
-                    scalars["mfu"] = tokens / dt / self.world * self.flops_per_token / self.peak
+                    scalars["mfu"] = tokens / dt / self.world * self.flops_per_token / (self.peak * 1e12)
                 self.log.log(
                     self.step,
                     scalars,
