@@ -26,7 +26,7 @@ TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.imag
        sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
 
 .PHONY: help setup test test-fast lint format demo demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
-        sample eval bench clean
+        sample eval real real-cpu eval-real bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,19 +53,19 @@ test-fast: setup  ## the CPU tests without the slow ones
 	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 demo: setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
-	$(PY) -m omniseq.demo --out $(RUN) $(ARGS)
+	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)
 
 demo-micro: setup  ## the same loop at smoke-test size (a few minutes)
-	$(PY) -m omniseq.demo --scale micro $(ARGS)
+	$(PY) -m omniseq.recipe --scale micro $(ARGS)
 
 corpus: setup  ## the demo corpus only (runs/demo/corpus)
-	$(PY) -m omniseq.demo --out $(RUN) --until corpus $(ARGS)
+	$(PY) -m omniseq.recipe --out $(RUN) --until corpus $(ARGS)
 
 tokenizers: setup  ## the demo corpus, then the text/image/audio/video tokenizers and the vocabulary
-	$(PY) -m omniseq.demo --out $(RUN) --until vocab $(ARGS)
+	$(PY) -m omniseq.recipe --out $(RUN) --until vocab $(ARGS)
 
 shards: setup  ## everything up to the demo shard sets (configs/data/demo_*.yaml)
-	$(PY) -m omniseq.demo --out $(RUN) --until shards $(ARGS)
+	$(PY) -m omniseq.recipe --out $(RUN) --until shards $(ARGS)
 
 stage1 stage2 stage3 sft: setup  ## train a stage (CONFIG=, NGPU=, HOSTFILE=, ARGS= override; demo scale by default)
 	$(LAUNCH) omniseq.train --config $(or $(CONFIG),$(STAGE_$@)) root=$(RUN) $(ARGS)
@@ -81,6 +81,18 @@ sample: setup  ## generate from CKPT (PROMPT="draw a red circle" FORCE=image, or
 
 eval: setup  ## the any-to-any evaluation table of CKPT on the demo world
 	$(PY) -m omniseq.eval --checkpoint $(CKPT) corpus=$(RUN)/corpus out=$(RUN)/eval $(TOKS) $(ARGS)
+
+REAL_RUN ?= runs/real
+real: setup  ## the real-media recipe on ../shared/data (one H200, ~20 min): configs/recipes/real_small.yaml
+	$(PY) -m omniseq.recipe --config configs/recipes/real_small.yaml --out $(REAL_RUN) $(ARGS)
+
+real-cpu: setup  ## the same recipe sized for the 2-core CPU machine (<= 30 min): real_small_cpu.yaml
+	$(PY) -m omniseq.recipe --config configs/recipes/real_small_cpu.yaml --out $(REAL_RUN)-cpu $(ARGS)
+
+eval-real: setup  ## the real-media table of a real run (REAL_RUN=runs/real-cpu after make real-cpu)
+	$(PY) -m omniseq.eval.real corpus=$(REAL_RUN)/corpus scorers=$(REAL_RUN)/scorers out=$(REAL_RUN)/eval \
+	  sample.checkpoint=$(or $(filter-out $(RUN)/sft/export,$(CKPT)),$(REAL_RUN)/sft/export) \
+	  $(subst $(RUN)/,$(REAL_RUN)/,$(TOKS)) $(ARGS)
 
 bench: setup  ## CPU-sized benchmarks, one JSON line each (GPU numbers: docs/benchmarks.md)
 	$(PY) bench/train_step.py --size demo --vocab 4096 --seq-len 256 --batch 4

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from omniseq.demo import STEPS
+from omniseq.recipe import STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,11 @@ def test_micro_demo_runs_every_step(tmp_path):
     dist_keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     env = {k: v for k, v in os.environ.items() if k not in dist_keys}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    res = subprocess.run([sys.executable, "-m", "omniseq.demo", "--scale", "micro", "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "omniseq.recipe", "--scale", "micro", "--out", str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert sorted(p.name for p in (out / ".done").iterdir()) == sorted(STEPS)
-    assert "demo finished" in res.stdout and all(f"  {s}" in res.stdout for s in STEPS)
+    assert "demo recipe finished" in res.stdout and all(f"  {s}" in res.stdout for s in STEPS)
     for stage in ("stage1", "stage2", "stage3", "sft"):
         assert (out / stage / "export" / "model.safetensors").is_file()
         assert (out / stage / "loss_curves.png").is_file()
@@ -44,6 +44,6 @@ def test_micro_demo_runs_every_step(tmp_path):
     assert set(results["table"]) == {"trained", "blind", "random"}
     assert {"text2image", "image2text", "text2melody", "melody2text"} <= set(results["table"]["trained"])
     # a second run finds every step done and redoes nothing
-    again = subprocess.run([sys.executable, "-m", "omniseq.demo", "--scale", "micro", "--out", str(out)],
+    again = subprocess.run([sys.executable, "-m", "omniseq.recipe", "--scale", "micro", "--out", str(out)],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and again.stdout.count("(done before)") == len(STEPS)

@@ -37,10 +37,20 @@ def _rgb(image) -> np.ndarray:
 
 
 def colour_labels(image) -> np.ndarray:
-    """int [H, W]: index into PALETTE of each pixel's nearest colour (0 = background)."""
+    """int [H, W]: index into PALETTE of each pixel (0 = background).
+
+    A pixel's colour is the palette colour its RGB direction is closest to (cosine), and it is foreground
+    when its projection onto that colour is at least half of it: a pixel blended half-way with the black
+    background, as at a shape's anti-aliased or decoded (blurred) edge, belongs to the shape by the same
+    rule that rasterised it. Nearest-RGB labelling instead gave blurred edges to darker palette colours,
+    which ate small shapes' corners (shape accuracy 40% on the demo tokenizer's reconstructions)."""
     x = _rgb(image)
-    dist = ((x[:, :, None, :] - PALETTE[None, None]) ** 2).sum(-1)  # [H, W, P]
-    return dist.argmin(-1)
+    colours = PALETTE[1:]  # [P, 3]
+    proj = x @ colours.T / (colours**2).sum(-1)  # [H, W, P]: each pixel as a multiple of each colour
+    cos = x @ colours.T / (np.linalg.norm(x, axis=-1, keepdims=True) * np.linalg.norm(colours, axis=-1) + 1e-6)
+    best = cos.argmax(-1)  # [H, W]
+    alpha = np.take_along_axis(proj, best[..., None], -1)[..., 0]
+    return np.where(alpha >= 0.5, best + 1, 0)
 
 
 def largest_blob(mask: np.ndarray) -> np.ndarray:

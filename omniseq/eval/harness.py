@@ -67,6 +67,7 @@ class Item:
     kind: str  # image | melody | sound | speech | video
     prompt: list[Segment]  # the user's turn
     meta: dict  # ground truth
+    answer: list[Segment] = field(default_factory=list)  # the corpus' reference answer (the assistant's turn)
 
     @property
     def to_text(self) -> bool:
@@ -85,7 +86,8 @@ def load_items(corpus: str | Path, per_direction: int) -> list[Item]:
             continue
         segs = [segment_from_json(s, path.parent, f"{path}:{lineno}") for s in document_of(obj)]
         user = [s for s in segs if s.role == "user"]
-        by_task[task].append(Item(task, obj["meta"]["kind"], user, obj["meta"]))
+        answer = [s for s in segs if s.role == "assistant"]
+        by_task[task].append(Item(task, obj["meta"]["kind"], user, obj["meta"], answer))
     return [it for task in sorted(by_task) for it in by_task[task]]
 
 

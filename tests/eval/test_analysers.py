@@ -33,6 +33,20 @@ def test_image_analyser_reads_colour_shape_size_position(size, max_objects):
     assert accuracy(pairs) >= 0.99
 
 
+def test_image_analyser_reads_blurred_scenes():
+    """A decoded image is blurred at the edges (a VQ decoder at 8x8 codes): the analyser must still read
+    small shapes. Nearest-RGB labelling read 82% of these scenes exactly; the blend rule reads all."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    pairs = []
+    for _ in range(200):
+        image, objects = dm.render_scene(rng, 32, 1)
+        blurred = ndimage.gaussian_filter(image.astype(np.float32), sigma=(0.6, 0.6, 0)).round().astype(np.uint8)
+        pairs.append((an.analyse_image(blurred)["objects"], by_cell(objects)))
+    assert accuracy(pairs) >= 0.95
+
+
 def test_image_analyser_sees_nothing_in_an_empty_image():
     assert an.analyse_image(np.zeros((32, 32, 3), np.uint8)) == {"objects": []}
 

@@ -1,11 +1,15 @@
-"""`make demo`: the whole loop on the built-in demo world, step by step, with the time of each step.
+"""A recipe end to end, step by step, with the time of each step: `make demo`, `make real`, `make real-cpu`.
 
-    python -m omniseq.demo [--out runs/demo] [--scale small|micro] [key=value ...]
+    python -m omniseq.recipe [--config configs/recipes/X.yaml] [--out DIR] [--scale small|micro] [key=value ...]
 
 corpus -> tokenizers (text, image, audio, video) -> vocabulary -> shards -> stage1 -> stage2 -> stage3
 -> sft -> samples (files + index.html) -> evaluation table. Every step writes its outputs under `out`
 and a marker in `out/.done/`; a rerun skips finished steps (`--redo STEP` reruns one and all after it).
 Training runs as `python -m omniseq.train` subprocesses, exactly as `make stage1` ... `make sft` do.
+
+Two worlds share the steps: `demo` (the built-in generator, omniseq.data.demo_corpus, scored by the
+demo harness) and `real` (../shared/data through omniseq.data.real_corpus, scored by omniseq.eval.real).
+Without --config the recipe is the demo (configs/recipes/ holds the others; every key: RecipeConfig).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omniseq.config import load_config
+from omniseq.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3", "sft", "samples", "eval")
@@ -31,24 +35,35 @@ WORK_DIRS = {  # what a redone step deletes first, so that it starts over instea
     **{s: (s,) for s in STAGES},
 }
 SHARD_SETS = ("pairs", "speech", "interleaved", "sft", "pairs_eval", "sft_eval")
+WORLDS = ("demo", "real")
 
 
 @dataclass
-class DemoRunConfig:
-    out: str = "runs/demo"  # everything the demo writes
-    scale: str = "small"  # small: `make demo` (minutes on a laptop CPU) | micro: the CI smoke test (seconds)
+class RecipeConfig:
+    out: str = "runs/demo"  # everything the recipe writes
+    world: str = "demo"  # demo: the built-in generator | real: the sets of `data` (omniseq.data.real_corpus)
+    data: str = ""  # real world: the folder of real sets ("" = ../shared/data beside the checkout)
+    scale: str = "small"  # demo corpus size: small (`make demo`) | micro (the CI smoke test: seconds)
     seed: int = 0  # corpus, tokenizers, training and sampling
-    text_vocab: int = 1000  # sentencepiece pieces of the demo text tokenizer
+    corpus_overrides: list[str] = field(default_factory=list)  # key=value for the corpus generator/builder
+    text_vocab: int = 1000  # sentencepiece pieces of the text tokenizer
     image_tokenizer: str = "configs/tokenizers/image_demo.yaml"  # training config of the image VQ
     audio_tokenizer: str = "configs/tokenizers/audio_spec_demo.yaml"  # training config of the audio codec
+    image_sources: list[str] = field(default_factory=lambda: ["media/image"])  # under the corpus folder
+    audio_sources: list[str] = field(  # under the corpus folder: train-split pair files
+        default_factory=lambda: ["melody.train.jsonl", "sound.train.jsonl", "speech.train.jsonl"]
+    )
     image_overrides: list[str] = field(default_factory=list)  # key=value for the image tokenizer's training
     audio_overrides: list[str] = field(default_factory=list)  # key=value for the audio tokenizer's training
+    shard_configs: str = "configs/data/demo_{name}.yaml"  # one per shard set ({name}: pairs, speech, ...)
     stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage
+    per_stage: dict[str, list[str]] = field(default_factory=dict)  # stage1|stage2|stage3|sft -> key=value
     eval_per_direction: int = 20  # held-out prompts per direction in the table
-    nproc: int = 2  # training processes (torchrun, gloo on CPU): one per core of the 2-core demo machine
+    eval_overrides: list[str] = field(default_factory=list)  # key=value for the world's eval config
+    nproc: int = 2  # training processes (torchrun; gloo on CPU, one per core of the 2-core demo machine)
 
 
-MICRO = DemoRunConfig(
+MICRO = RecipeConfig(
     scale="micro",
     out="runs/demo-micro",
     text_vocab=400,
@@ -80,17 +95,25 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"demo step failed: {' '.join(cmd)}")
 
 
-class Demo:
-    def __init__(self, cfg: DemoRunConfig):
+class Recipe:
+    def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
         self.out = Path(cfg.out).resolve()
         self.tok = self.out / "tokenizers"
 
     def corpus(self) -> str:
-        from omniseq.data.demo_corpus import DemoConfig, generate
+        if self.cfg.world == "real":
+            from omniseq.data.real_corpus import RealCorpusConfig, generate
 
-        index = generate(DemoConfig(scale="tiny" if self.cfg.scale == "micro" else self.cfg.scale,
-                                    seed=self.cfg.seed), self.out / "corpus")  # fmt: skip
+            data = [f"data={self.cfg.data}"] if self.cfg.data else []
+            overrides = [f"out={self.out / 'corpus'}", f"seed={self.cfg.seed}", *data, *self.cfg.corpus_overrides]
+            index = generate(load_config(RealCorpusConfig, None, overrides))
+        else:
+            from omniseq.data.demo_corpus import DemoConfig, generate
+
+            scale = "tiny" if self.cfg.scale == "micro" else self.cfg.scale
+            cfg = load_config(DemoConfig(scale=scale, seed=self.cfg.seed), None, self.cfg.corpus_overrides)
+            index = generate(cfg, self.out / "corpus")
         notes = "; ".join(index.get("notes", []))
         return f"{sum(sum(c.values()) for c in index['counts'].values())} items{'; ' + notes if notes else ''}"
 
@@ -109,10 +132,12 @@ class Demo:
         corpus = self.out / "corpus"
         text, _ = TextTokenizer.train([corpus / "text.txt"], self.tok / "text",
                                       TextTrainConfig(vocab_size=self.cfg.text_vocab, seed=self.cfg.seed))  # fmt: skip
-        # The audio codec trains on the train split's files only; the image trainer reads folders, so it
-        # sees the held-out scenes too (a tokenizer, not the model: the eval measures the model's mapping).
-        self._train_tokenizer("image", self.cfg.image_tokenizer, [corpus / "media" / "image"], self.cfg.image_overrides)
-        audio = [corpus / f"{k}.train.jsonl" for k in ("melody", "sound", "speech")]
+        # The audio codec trains on the train split's files only. The image trainer reads folders: the real
+        # corpus keeps its train images apart; the demo's folder holds the held-out scenes too (a tokenizer,
+        # not the model: the eval measures the model's mapping).
+        images = [corpus / s for s in self.cfg.image_sources]
+        self._train_tokenizer("image", self.cfg.image_tokenizer, images, self.cfg.image_overrides)
+        audio = [corpus / s for s in self.cfg.audio_sources]
         self._train_tokenizer("audio", self.cfg.audio_tokenizer, audio, self.cfg.audio_overrides)
         video = FrameVideoTokenizer.from_image_dir(FrameVideoConfig(image_tokenizer=str(self.tok / "image")))
         video.save(self.tok / "video")
@@ -131,9 +156,9 @@ class Demo:
 
         made = []
         for name in SHARD_SETS:
-            cfg = load_config(ShardConfig, REPO / f"configs/data/demo_{name}.yaml", [f"root={self.out}"])
+            cfg = load_config(ShardConfig, REPO / self.cfg.shard_configs.format(name=name), [f"root={self.out}"])
             if not all(Path(c.path).is_file() for c in cfg.corpora):
-                continue  # speech, when espeak-ng is absent
+                continue  # the demo's speech, when espeak-ng is absent
             m = build_shards(cfg, progress=True)
             made.append(f"{name} {m['samples']} docs/{m['tokens']['total']} tokens")
         return "; ".join(made)
@@ -142,7 +167,8 @@ class Demo:
         from omniseq.train.config import StageConfig
 
         config = REPO / f"configs/stages/{STAGES[step]}.yaml"
-        overrides = [f"root={self.out}", f"seed={self.cfg.seed}", *self.cfg.stage_overrides]
+        overrides = [f"root={self.out}", f"seed={self.cfg.seed}", *self.cfg.stage_overrides,
+                     *self.cfg.per_stage.get(step, [])]  # fmt: skip
         stage = load_config(StageConfig, config, overrides)
         present = [s for s in stage.data.sources if (Path(s.path) / "manifest.json").is_file()]
         if len(present) < len(stage.data.sources):  # no speech shards without espeak-ng
@@ -165,34 +191,64 @@ class Demo:
             out=str(self.out / "samples"),
         )
 
-    def samples(self) -> str:
+    def _prompts(self) -> list:
         from omniseq.document import Segment
-        from omniseq.sample.run import Prompt, SamplingSession
+        from omniseq.sample.run import Prompt
 
-        corpus = self.out / "corpus" / "media"
-        melody = next(iter(sorted((corpus / "melody").glob("*.wav"))), None)
-        prompts = [
-            Prompt([Segment("text", text="show me a large red circle at the top left.")], "image"),
-            Prompt([Segment("text", text="show me a small blue square at the bottom right.")], "image"),
-            Prompt([Segment("text", text="hum C E G.")], "audio"),
-            Prompt([Segment("text", text="play a tone that falls.")], "audio"),
-            Prompt([Segment("text", text="make a video of a green triangle moving left.")], "video"),
+        def text(t: str, force: str | None = None) -> Prompt:
+            return Prompt([Segment("text", text=t)], force)
+
+        def ask(t: str, modality: str, corpus_file: str, key: str, force: str | None = None) -> list[Prompt]:
+            path = self.out / "corpus" / corpus_file  # the first held-out item of a pair file, when present
+            first = next((ln for ln in path.read_text().splitlines() if ln.strip()), None) if path.is_file() else None
+            if first is None:
+                return []
+            media = Path(json.loads(first)[key])
+            media = media if media.is_absolute() else path.parent / media
+            return [Prompt([Segment("text", text=t), Segment(modality, media=media)], force)]
+
+        if self.cfg.world == "real":
+            return [
+                text("draw the digit seven.", "image"),
+                text("say three.", "audio"),
+                text("make the sound of rain.", "audio"),
+                *ask("what digit is this? ", "image", "digit_image.eval.jsonl", "image"),
+                *ask("what number is said? ", "audio", "digit_speech.eval.jsonl", "audio"),
+                *ask("draw the digit you hear. ", "audio", "digit_speech.eval.jsonl", "audio", "image"),
+            ]
+        return [
+            text("show me a large red circle at the top left.", "image"),
+            text("show me a small blue square at the bottom right.", "image"),
+            text("hum C E G.", "audio"),
+            text("play a tone that falls.", "audio"),
+            text("make a video of a green triangle moving left.", "video"),
+            *ask("what melody is this? ", "audio", "melody.eval.jsonl", "audio"),
         ]
-        if melody is not None:
-            prompts.append(Prompt([Segment("text", text="what melody is this? "), Segment("audio", media=melody)]))
+
+    def samples(self) -> str:
+        from omniseq.sample.run import SamplingSession
+
+        prompts = self._prompts()
         manifest = SamplingSession(self._sample_config()).run(prompts)
         ok = sum(r["error"] is None for r in manifest["rows"])
         return f"{ok}/{len(prompts)} prompts rendered -> {self.out / 'samples' / 'index.html'}"
 
     def eval(self) -> str:
-        from omniseq.eval.harness import EvalConfig, evaluate, format_table
-
         sample = self._sample_config()
         sample.batch_size = 16
-        cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
-                         out=str(self.out / "eval"), sample=sample,
-                         perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
-        results = evaluate(cfg)
+        if self.cfg.world == "real":
+            from omniseq.eval.real import RealEvalConfig, evaluate, format_table
+
+            cfg = RealEvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
+                                 scorers=str(self.out / "scorers"), out=str(self.out / "eval"), seed=self.cfg.seed,
+                                 sample=sample, **({"data": self.cfg.data} if self.cfg.data else {}))  # fmt: skip
+        else:
+            from omniseq.eval.harness import EvalConfig, evaluate, format_table
+
+            cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
+                             out=str(self.out / "eval"), sample=sample,
+                             perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
+        results = evaluate(load_config(cfg, None, self.cfg.eval_overrides))
         print(format_table(results))
         return f"table -> {self.out / 'eval' / 'results.md'}"
 
@@ -202,16 +258,22 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help="output folder (default runs/demo, runs/demo-micro for --scale micro)")
+    ap.add_argument("--config", help="a recipe YAML (configs/recipes/); default: the demo")
+    ap.add_argument("--out", help="output folder (default: the recipe's `out`)")
     ap.add_argument("--scale", choices=("small", "micro"), default="small")
     ap.add_argument("--redo", choices=STEPS, help="rerun this step and every later one")
     ap.add_argument("--until", choices=STEPS, default=STEPS[-1], help="stop after this step (make shards, ...)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of DemoRunConfig")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of RecipeConfig")
     args = ap.parse_intermixed_args(argv)
-    base = MICRO if args.scale == "micro" else DemoRunConfig()
+    base = MICRO if args.scale == "micro" else RecipeConfig()
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_config(base, None, overrides)
-    demo, done = Demo(cfg), Path(cfg.out) / ".done"
+    cfg = load_config(base, args.config, overrides)
+    if cfg.world not in WORLDS:
+        raise ConfigError(f"world: expected one of {WORLDS}, got {cfg.world!r}")
+    unknown = set(cfg.per_stage) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"per_stage: unknown stage(s) {sorted(unknown)}; expected {list(STAGES)}")
+    recipe, done = Recipe(cfg), Path(cfg.out) / ".done"
     done.mkdir(parents=True, exist_ok=True)
     if args.redo:
         for s in STEPS[STEPS.index(args.redo) :]:
@@ -225,10 +287,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
-        summary = demo.step(name)
+        summary = recipe.step(name)
         timings.append((name, time.perf_counter() - t0, summary))
         (done / name).write_text(summary + "\n")
-    print(f"\n== demo finished in {time.perf_counter() - t_all:.0f} s ({cfg.out})")
+    print(f"\n== {cfg.world} recipe finished in {time.perf_counter() - t_all:.0f} s ({cfg.out})")
     for name, secs, summary in timings:
         print(f"  {name:<11} {'(done before)' if secs is None else f'{secs:6.1f} s':>13}  {summary}")
 

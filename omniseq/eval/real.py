@@ -1,0 +1,289 @@
+"""The evaluation table on real media (issue 10): `make eval-real CKPT=...` or
+
+    python -m omniseq.eval.real [--config F] [key=value ...]
+
+Items are the held-out conversations of a real corpus (omniseq.data.real_corpus: sft.eval.jsonl). Tasks are
+named `{src}2{dst}`; how each is scored:
+
+    *2text with a label     generated text, normalised, equals the label (digit word, sound class)
+    speech2text (LJ)        1 - word error rate of the generated transcript (floored at 0)
+    emoji2text, emoji_video2text
+                            the candidate name the model gives the highest likelihood is the true one (top-1
+                            among the item's candidates: open-ended names of 1,700 emoji are beyond a small model)
+    text2digit_image, digit_speech2digit_image, text2digit_speech, text2sound
+                            the generated image or clip, classified by an independent scorer trained on the
+                            real train split (omniseq.eval.real_scorers), equals the asked label
+
+Rows: `trained` (the checkpoint), `specialist` (the scorer itself on the real held-out media: for *2text
+that is a recogniser trained on the same data; for generation, what a perfect generator would score),
+`tokenizer` (the scorer on the real media after the tokenizer's round trip: the ceiling generation through
+these codes can reach), `random` (random weights), and `chance`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omniseq.config import load_config
+from omniseq.data.real_sets import DEFAULT_DATA
+from omniseq.document import Segment
+from omniseq.eval.harness import Item, load_items
+from omniseq.eval.metrics import edit_distance
+from omniseq.model.transformer import Transformer
+from omniseq.sample.generate import prompt_ids
+from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
+from omniseq.tokenizers.audio_io import load_audio
+from omniseq.tokenizers.image_io import load_image
+
+KIND_MODALITY = {
+    "digit_image": "image",
+    "emoji": "image",
+    "digit_speech": "audio",
+    "speech": "audio",
+    "sound": "audio",
+    "emoji_video": "video",
+}
+SCORER_OF = {"digit_image": "digit_image", "digit_speech": "spoken_digit", "sound": "sound"}  # kind -> scorer
+CANDIDATE_TASKS = ("emoji2text", "emoji_video2text")
+AUDIO_SECONDS = {"digit_speech": 1.5, "sound": 2.2, "speech": 10.0}  # generation budget per target kind
+AUDIO_RATE = 16000  # the scorers' input rate (the audio codecs decode at 16 kHz)
+ROWS = ("trained", "specialist", "tokenizer", "random", "chance")
+
+
+def real_sample_config(run: str) -> SampleConfig:
+    """Sampling from a recipe's run folder: its SFT export and its tokenizers."""
+    return SampleConfig(
+        checkpoint=f"{run}/sft/export",
+        text_tokenizer=f"{run}/tokenizers/text",
+        media_tokenizers={m: f"{run}/tokenizers/{m}" for m in ("image", "audio", "video")},
+        out=f"{run}/samples",
+    )
+
+
+@dataclass
+class RealEvalConfig:
+    corpus: str = "runs/real/corpus"  # a real corpus folder (its sft.eval.jsonl holds the prompts)
+    data: str = str(DEFAULT_DATA)  # the real sets, for training the scorers (their train split only)
+    scorers: str = "runs/real/scorers"  # the scorers' cache: trained once, reused while the data is unchanged
+    per_direction: int = 50  # held-out items per task
+    text_tokens: int = 32  # answer budget of the *2text tasks (labels are a few words; LJ sentences more)
+    references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows: random
+    out: str = "runs/real/eval"  # results.json and the table (results.md)
+    seed: int = 0  # scorers and random weights
+    scorer_overrides: list[str] = field(default_factory=list)  # key=value for every scorer (tests: epochs=1)
+    sample: SampleConfig = field(default_factory=lambda: real_sample_config("runs/real"))  # checkpoint, tokenizers
+
+
+def split_task(task: str) -> tuple[str, str]:
+    src, _, dst = task.partition("2")
+    return src, dst
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def word_accuracy(said: str, meant: str) -> float:
+    """1 - word error rate, floored at 0."""
+    ref = normalise(meant).split()
+    return max(0.0, 1 - edit_distance(normalise(said).split(), ref) / max(1, len(ref)))
+
+
+def budget(task: str, layout, text_tokens: int) -> int:
+    _, dst = split_task(task)
+    if dst == "text":
+        return text_tokens * (4 if task == "speech2text" else 1)
+    cb = layout.codebook(KIND_MODALITY[dst])
+    if KIND_MODALITY[dst] == "image":
+        return cb.tokens_per_frame() + 4
+    return int(AUDIO_SECONDS[dst] * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
+
+
+@torch.no_grad()
+def rank_candidates(session: SamplingSession, item: Item) -> int:
+    """Index of the candidate answer with the highest log-likelihood after the prompt (summed over its
+    tokens and the turn's closing <|end|>)."""
+    prompt = prompt_ids(session.codec, item.prompt)
+    rows = []
+    for cand in item.meta["candidates"]:
+        full = session.codec.encode([*item.prompt, Segment("text", text=cand, role="assistant")]).ids[:-1]
+        rows.append(np.asarray(full, np.int64))  # drop <eos>; the answer is full[len(prompt):]
+    T = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.from_numpy(r)
+    logp = torch.log_softmax(session.model(ids.to(session.device)).float(), -1).cpu()  # [K, T, V]
+    scores = []
+    for b, r in enumerate(rows):
+        pos = torch.arange(len(prompt) - 1, len(r) - 1)
+        scores.append(float(logp[b, pos, torch.from_numpy(r[len(prompt) :])].sum()))
+    return int(np.argmax(scores))
+
+
+def generated_answers(session: SamplingSession, items: list[Item], text_tokens: int) -> list:
+    """The assistant's answer to every generation/transcription item: text, or decoded media (None when
+    the model gave none)."""
+    prompts = [Prompt(it.prompt, None if split_task(it.task)[1] == "text" else KIND_MODALITY[split_task(it.task)[1]])
+               for it in items]  # fmt: skip
+    ids, out = session.generate(prompts, [budget(it.task, session.layout, text_tokens) for it in items])
+    answers = []
+    for item, p, o in zip(items, ids, out):
+        answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"]
+        _, dst = split_task(item.task)
+        if dst == "text":
+            answers.append("".join(s.text for s in answer if s.modality == "text"))
+        else:
+            media = next((s for s in answer if s.modality == KIND_MODALITY[dst]), None)
+            answers.append(None if media is None else session.codec.render(media))
+    return answers
+
+
+def score_model(session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int) -> list[float]:
+    """One score in [0, 1] per item for the session's model."""
+    open_items = [it for it in items if it.task not in CANDIDATE_TASKS]
+    answers = dict(zip(map(id, open_items), generated_answers(session, open_items, text_tokens))) if open_items else {}
+    scores = []
+    for item in items:
+        if item.task in CANDIDATE_TASKS:
+            pick = rank_candidates(session, item)
+            scores.append(float(item.meta["candidates"][pick] == item.meta["label"]))
+            continue
+        src, dst = split_task(item.task)
+        answer = answers[id(item)]
+        if dst == "text":
+            scores.append(word_accuracy(answer, item.meta["label"]) if src == "speech"
+                          else float(normalise(answer) == normalise(item.meta["label"])))  # fmt: skip
+        elif answer is None:
+            scores.append(0.0)
+        else:
+            scores.append(float(scorers[dst].predict([answer])[0] == item.meta["label"]))
+    return scores
+
+
+def media_of(item: Item, kind: str):
+    """The real media of `kind` in an item's prompt or (for generation) its reference answer."""
+    for seg in [*item.prompt, *item.answer]:
+        if seg.media is not None and KIND_MODALITY.get(kind) == seg.modality:
+            return seg.media
+    return None
+
+
+def reference_scores(session: SamplingSession, items: list[Item], scorers: dict) -> dict[str, list]:
+    """The specialist (scorer on the real media) and tokenizer (scorer after the round trip) rows; None
+    where a task has no scorer."""
+    rows: dict[str, list] = {"specialist": [], "tokenizer": []}
+    for item in items:
+        src, dst = split_task(item.task)
+        kind = dst if dst in scorers else src if (src in scorers and dst == "text") else None
+        media = media_of(item, kind) if kind else None
+        if media is None:
+            rows["specialist"].append(None)
+            rows["tokenizer"].append(None)
+            continue
+        tok = session.codec.media[KIND_MODALITY[kind]]
+        real = load_image(media) if KIND_MODALITY[kind] == "image" else load_audio(media, AUDIO_RATE).samples
+        rows["specialist"].append(float(scorers[kind].predict([real])[0] == item.meta["label"]))
+        trip = tok.decode(tok.encode(media))
+        rows["tokenizer"].append(float(scorers[kind].predict([trip])[0] == item.meta["label"]))
+    return rows
+
+
+def chance(item: Item) -> float:
+    if item.task in CANDIDATE_TASKS:
+        return 1 / len(item.meta["candidates"])
+    return 0.0 if item.task == "speech2text" else 0.1  # ten digits, ten ESC-10 classes
+
+
+def fitting_items(session: SamplingSession, items: list[Item], text_tokens: int) -> tuple[list[Item], dict]:
+    """The items whose prompt and answer budget fit the model's context, and per task how many did not
+    (long LJ Speech clips on a 512-token CPU model): skipped, counted and reported, never truncated."""
+    keep, skipped = [], defaultdict(int)
+    for it in items:
+        need = len(session.ids_of(Prompt(it.prompt))) + budget(it.task, session.layout, text_tokens)
+        if need <= session.model.cfg.max_seq_len:
+            keep.append(it)
+        else:
+            skipped[it.task] += 1
+    return keep, dict(skipped)
+
+
+def evaluate(cfg: RealEvalConfig) -> dict:
+    from omniseq.eval.real_scorers import load_or_train
+
+    t0 = time.perf_counter()
+    session = SamplingSession(cfg.sample)
+    items, too_long = fitting_items(session, load_items(cfg.corpus, cfg.per_direction), cfg.text_tokens)
+    needed = {split_task(it.task)[i] for it in items for i in (0, 1)} & set(SCORER_OF)
+    scorers, reports = {}, {}
+    for kind in sorted(needed):
+        scorer = load_or_train(SCORER_OF[kind], cfg.data, cfg.scorers, cfg.seed, cfg.scorer_overrides)
+        scorers[kind], reports[kind] = scorer
+    per_row = {"trained": score_model(session, items, scorers, cfg.text_tokens)}
+    per_row.update(reference_scores(session, items, scorers))
+    if "random" in cfg.references:
+        trained = session.model
+        torch.manual_seed(cfg.seed)
+        session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
+        per_row["random"] = score_model(session, items, scorers, cfg.text_tokens)
+        session.model = trained
+    per_row["chance"] = [chance(it) for it in items]
+    table: dict[str, dict] = defaultdict(dict)
+    for name, scores in per_row.items():
+        by_task = defaultdict(list)
+        for item, s in zip(items, scores):
+            if s is not None:
+                by_task[item.task].append(s)
+        for task, ss in by_task.items():
+            table[name][task] = {"main": float(np.mean(ss)), "n": len(ss)}
+    results = {"checkpoint": cfg.sample.checkpoint, "corpus": cfg.corpus, "scorers": reports, "table": table,
+               "skipped_too_long": too_long, "seconds": time.perf_counter() - t0}  # fmt: skip
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(format_table(results) + "\n")
+    return results
+
+
+def format_table(results: dict) -> str:
+    names = [r for r in ROWS if r in results["table"]]
+    tasks = sorted({t for rows in results["table"].values() for t in rows})
+    lines = [f"| task | n | {' | '.join(names)} |", "|---|---|" + "---|" * len(names)]
+    for t in tasks:
+        n = results["table"]["trained"].get(t, {}).get("n", 0)
+        cells = [results["table"][r].get(t, {}).get("main") for r in names]
+        lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+    if results.get("skipped_too_long"):
+        skipped = ", ".join(f"{t} {n}" for t, n in results["skipped_too_long"].items())
+        lines.append(f"\nskipped (prompt + answer longer than the model's context): {skipped}")
+    if any(math.isfinite(r.get("eval_accuracy", math.nan)) for r in results["scorers"].values()):
+        acc = ", ".join(f"{k} {100 * r['eval_accuracy']:.1f}%" for k, r in results["scorers"].items())
+        lines.append(f"\nscorers on the real held-out split: {acc}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML of RealEvalConfig keys")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. sample.checkpoint=runs/real/sft/export")
+    args = ap.parse_args(argv)
+    cfg = load_config(RealEvalConfig, args.config, args.overrides)
+    results = evaluate(cfg)
+    print(format_table(results))
+    print(f"-> {Path(cfg.out) / 'results.json'} ({results['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    from omniseq.cli import run
+
+    run(main)
