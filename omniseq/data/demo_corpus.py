@@ -72,7 +72,7 @@ class DemoConfig:
     note_seconds: float = 0.25  # length of one melody note
     min_notes: int = 3  # notes per melody, inclusive range
     max_notes: int = 5
-    video_frames: int = 8  # frames per clip
+    video_frames: int = 4  # frames per clip (8 made video a third of the SFT tokens of the CPU demo)
     video_size: int = 32  # square frames
     video_format: str = "npz"  # npz: exact uint8 [T, H, W, 3] under key "frames" | mp4: H.264 via PyAV
     speech: str = "auto"  # auto: when espeak-ng is installed | always: fail without it | never

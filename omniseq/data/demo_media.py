@@ -63,7 +63,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PHRASES = ("hello world", "good morning", "thank you", "how are you", "see you soon", "the demo works")
 VOICES = ("en", "en-us")  # espeak-ng's British and American English
-VIDEO_STEP = 2  # pixels per frame
+VIDEO_STEP = 4  # pixels per frame
 
 
 def note_frequency(name: str) -> float:

@@ -263,7 +263,12 @@ def split_corpora(by_kind: dict[str, list[Item]], split: str, names: dict, cfg: 
                 target = same[int(rng.integers(len(same)))] if task == "digit_speech2digit_image" else None
                 sft.append(conversation(task, it, rng, target))
                 if split == "eval" and task in CANDIDATE_TASKS:  # the true name among seeded others, shuffled
-                    others = [n for n in names[kind] if n != it.text]
+                    # distractors must be names the task's answers never taught: every static name is a
+                    # train answer (google style), but an animated clip's name is a train answer only for
+                    # train clips, so a held-out clip's distractors are other held-out clips' names (a pool
+                    # of train-clip names was picked over the truth: 0% against 10% chance)
+                    pool = names[kind] if kind == "emoji" else sorted({i.text for i in items})
+                    others = [n for n in pool if n != it.text]
                     picked = rng.choice(others, min(len(others), cfg.emoji_candidates - 1), replace=False).tolist()
                     sft[-1]["meta"]["candidates"] = [str(n) for n in rng.permutation([it.text, *picked])]
             if same:

@@ -112,9 +112,11 @@ def griffin_lim(log_mag: torch.Tensor, cfg: SpecCodecConfig) -> torch.Tensor:
     angles = torch.polar(torch.ones_like(mag), 2 * math.pi * torch.rand(mag.shape, generator=g).to(mag.device))
     prev = torch.zeros_like(angles)
     beta = cfg.griffin_lim_momentum / (1 + cfg.griffin_lim_momentum)
+    # reflect padding needs more than n_fft / 2 samples: a generated span of a frame or two is shorter
+    pad_mode = "reflect" if length > cfg.n_fft // 2 else "constant"
     for _ in range(cfg.griffin_lim_iters):
         wav = torch.istft(mag * angles, cfg.n_fft, cfg.stft_hop, window=win, length=length)
-        rebuilt = torch.stft(wav, cfg.n_fft, cfg.stft_hop, window=win, return_complex=True)[..., :-1]
+        rebuilt = torch.stft(wav, cfg.n_fft, cfg.stft_hop, window=win, pad_mode=pad_mode, return_complex=True)[..., :-1]
         angles = rebuilt - beta * prev
         angles = angles / angles.abs().clamp_min(1e-16)
         prev = rebuilt

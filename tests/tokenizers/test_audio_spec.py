@@ -105,6 +105,15 @@ def test_decode_is_deterministic_and_accepts_fewer_layers(sine):
         tok.decode(np.full((2, 3), 32, dtype=np.int64))
 
 
+@pytest.mark.parametrize("frames", [1, 2])
+def test_decode_of_a_span_shorter_than_the_fft_window(frames):
+    """A sampled audio span may close after a frame or two: decoding must give frames x hop samples, not
+    fail in the STFT's reflect padding (found by the real recipe's eval)."""
+    tok = initialised(tiny_cfg(n_fft=1024))  # the shipped configs' window: 1024 > one 320-sample frame
+    wave = tok.decode(np.zeros((2, frames), dtype=np.int64))
+    assert wave.shape[-1] == frames * tok.cfg.hop and np.isfinite(wave).all()
+
+
 def test_invalid_config_names_the_key():
     with pytest.raises(ConfigError, match="layers_used"):
         SpecAudioTokenizer(tiny_cfg(layers_used=5))
