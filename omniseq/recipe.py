@@ -89,10 +89,10 @@ def free_port() -> int:
 
 
 def run(cmd: list[str]) -> None:
-    """A step's subprocess, its output streamed; a failure stops the demo with the command named."""
+    """A step's subprocess, its output streamed; a failure stops the recipe with the command named."""
     print("  $", " ".join(cmd), flush=True)
     if subprocess.call(cmd, cwd=REPO) != 0:
-        raise SystemExit(f"demo step failed: {' '.join(cmd)}")
+        raise SystemExit(f"recipe step failed: {' '.join(cmd)}")
 
 
 class Recipe:
@@ -117,13 +117,32 @@ class Recipe:
         notes = "; ".join(index.get("notes", []))
         return f"{sum(sum(c.values()) for c in index['counts'].values())} items{'; ' + notes if notes else ''}"
 
-    def _train_tokenizer(self, kind: str, config: str, sources: list[Path], overrides: list[str]) -> None:
-        work = self.tok / f"{kind}_training"
-        srcs = "[" + ",".join(str(s) for s in sources if s.exists()) + "]"
-        run([sys.executable, "-m", "omniseq.tokenizers.train", kind, "--config", config, f"out={work}",
-             f"sources={srcs}", f"seed={self.cfg.seed}", *overrides])  # fmt: skip
-        shutil.rmtree(self.tok / kind, ignore_errors=True)
-        shutil.copytree(work / "tokenizer", self.tok / kind)
+    def _train_media_tokenizers(self, jobs: dict[str, tuple[str, list[Path], list[str]]]) -> None:
+        """Train the image and audio tokenizers at once, one process each: every trainer runs on one
+        thread, so on the 2-core demo machine running them side by side halves the step (~150 -> ~90 s).
+        Each one's output goes to its work folder's train.log; a failure shows that log's tail."""
+        procs = {}
+        for kind, (config, sources, overrides) in jobs.items():
+            work = self.tok / f"{kind}_training"
+            work.mkdir(parents=True, exist_ok=True)
+            srcs = "[" + ",".join(str(s) for s in sources if s.exists()) + "]"
+            cmd = [sys.executable, "-m", "omniseq.tokenizers.train", kind, "--config", config, f"out={work}",
+                   f"sources={srcs}", f"seed={self.cfg.seed}", *overrides]  # fmt: skip
+            print("  $", " ".join(cmd), f"> {work / 'train.log'}", flush=True)
+            log = (work / "train.log").open("w")
+            procs[kind] = (cmd, work, log, subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        failed = []
+        for cmd, work, log, proc in procs.values():
+            code = proc.wait()
+            log.close()
+            if code != 0:
+                tail = (work / "train.log").read_text(errors="replace")[-2000:]
+                failed.append(f"{' '.join(cmd)}\n--- {work / 'train.log'} (tail) ---\n{tail}")
+        if failed:
+            raise SystemExit("tokenizer training failed:\n" + "\n".join(failed))
+        for kind, (_, work, _, _) in procs.items():
+            shutil.rmtree(self.tok / kind, ignore_errors=True)
+            shutil.copytree(work / "tokenizer", self.tok / kind)
 
     def tokenizers(self) -> str:
         from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig
@@ -136,9 +155,11 @@ class Recipe:
         # corpus keeps its train images apart; the demo's folder holds the held-out scenes too (a tokenizer,
         # not the model: the eval measures the model's mapping).
         images = [corpus / s for s in self.cfg.image_sources]
-        self._train_tokenizer("image", self.cfg.image_tokenizer, images, self.cfg.image_overrides)
         audio = [corpus / s for s in self.cfg.audio_sources]
-        self._train_tokenizer("audio", self.cfg.audio_tokenizer, audio, self.cfg.audio_overrides)
+        self._train_media_tokenizers({
+            "image": (self.cfg.image_tokenizer, images, self.cfg.image_overrides),
+            "audio": (self.cfg.audio_tokenizer, audio, self.cfg.audio_overrides),
+        })  # fmt: skip
         video = FrameVideoTokenizer.from_image_dir(FrameVideoConfig(image_tokenizer=str(self.tok / "image")))
         video.save(self.tok / "video")
         return f"text {text.vocab_size} pieces; image, audio and video tokenizers in {self.tok}"
@@ -235,7 +256,7 @@ class Recipe:
 
     def eval(self) -> str:
         sample = self._sample_config()
-        sample.batch_size = 40  # decoding a small model is per-step overhead: wide batches are nearly free
+        sample.batch_size = 16
         if self.cfg.world == "real":
             from omniseq.eval.real import RealEvalConfig, evaluate, format_table
 
