@@ -25,13 +25,18 @@ LAUNCH = $(if $(HOSTFILE),$(VENV)/bin/deepspeed --hostfile $(HOSTFILE) --module,
 TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.image=$(RUN)/tokenizers/image \
        sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
 
-.PHONY: help setup test test-fast lint format demo demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
+.PHONY: help setup system-deps test test-fast lint format demo demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
         sample eval real real-cpu eval-real bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install omniseq with its test dependencies (quick when done)
+
+system-deps:  ## as root with apt-get: install espeak-ng (demo speech) when it is missing; otherwise a no-op
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v espeak-ng >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; fi
+	@command -v espeak-ng >/dev/null || echo "espeak-ng not installed: the demo runs without speech directions"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +57,7 @@ test: setup lint  ## lint, then the whole CPU test suite (slow tests included)
 test-fast: setup  ## the CPU tests without the slow ones
 	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
-demo: setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
+demo: system-deps setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
 	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)
 
 demo-micro: setup  ## the same loop at smoke-test size (a few minutes)
