@@ -51,6 +51,9 @@ class SpecCodecConfig:
     n_mels: int = 80  # mel bands of the log-mel loss (the representation itself stays linear)
     channels: int = 256  # conv width of encoder and decoder
     res_dilations: list[int] = field(default_factory=lambda: [1, 2, 1])  # one residual unit per dilation
+    # The encoder's residual units; None = res_dilations. [] keeps each code to its frame +-1: a steady
+    # tone then repeats one code sequence wherever it occurs, which a small LM learns far sooner (the demo).
+    encoder_dilations: list[int] | None = None
     latent_dim: int = 16  # dimension of each frame's vector fed to the quantizer
     num_quantizers: int = 4  # RVQ layers the codec has
     layers_used: int = 4  # RVQ layers encode() returns (<= num_quantizers); recorded in the manifest
@@ -134,12 +137,12 @@ class ResidualUnit(nn.Module):
         return x + self.block(x)
 
 
-def conv_stack(cfg: SpecCodecConfig, c_in: int, c_out: int) -> nn.Sequential:
+def conv_stack(cfg: SpecCodecConfig, c_in: int, c_out: int, dilations: list[int]) -> nn.Sequential:
     """conv(3) -> residual units -> conv(1): per-frame features with a few frames of context each side."""
     ch = cfg.channels
     return nn.Sequential(
         nn.Conv1d(c_in, ch, 3, padding=1),
-        *[ResidualUnit(ch, d) for d in cfg.res_dilations],
+        *[ResidualUnit(ch, d) for d in dilations],
         nn.GELU(),
         nn.Conv1d(ch, c_out, 1),
     )
@@ -152,7 +155,9 @@ class SpecCodec(nn.Module):
         super().__init__()
         self.cfg = cfg
         stacked = cfg.subframes * cfg.bins
-        self.encoder, self.decoder = conv_stack(cfg, stacked, cfg.latent_dim), conv_stack(cfg, cfg.latent_dim, stacked)
+        enc = cfg.res_dilations if cfg.encoder_dilations is None else cfg.encoder_dilations
+        self.encoder = conv_stack(cfg, stacked, cfg.latent_dim, enc)
+        self.decoder = conv_stack(cfg, cfg.latent_dim, stacked, cfg.res_dilations)
         self.rvq = ResidualVQ(
             dim=cfg.latent_dim,
             num_quantizers=cfg.num_quantizers,

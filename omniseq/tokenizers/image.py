@@ -56,6 +56,10 @@ class VQImageConfig:
     lfq_entropy_weight: float = 0.1  # lfq: entropy auxiliary loss weight
     commitment_weight: float = 0.25  # vq/lfq: commitment loss weight
     row_end: bool = True  # the vocabulary puts <|row_end|> after every row of codes
+    # True: each code sees only its own downsample x downsample patch (a per-patch MLP, no normalisation
+    # across the image), so an empty patch always gets the same code and an object's codes do not depend
+    # on the rest of the image; the decoder keeps its context. The demo's scenes use it (docs).
+    local_encoder: bool = False
 
     def __post_init__(self):
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
@@ -106,6 +110,11 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VQImageConfig):
         super().__init__()
         ch = _level_channels(cfg)
+        if cfg.local_encoder:  # 1x1 convs over space-to-depth patches: a patch's code is its pixels alone
+            f, c = cfg.downsample, ch[-1]
+            self.net = nn.Sequential(nn.PixelUnshuffle(f), nn.Conv2d(3 * f * f, c, 1), nn.SiLU(),
+                                     nn.Conv2d(c, c, 1), nn.SiLU(), nn.Conv2d(c, cfg.embed_dim, 1))  # fmt: skip
+            return
         p = cfg.stem_patch
         layers: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(3 * p * p, ch[0], 3, padding=1)]
         for i in range(len(ch) - 1):

@@ -195,3 +195,19 @@ def test_training_cli_trains_the_spectral_kind(tmp_path):
 def test_training_cli_rejects_an_unknown_kind(tmp_path):
     with pytest.raises(ConfigError, match="kind must be one of"):
         train_main(["--config", str(DEMO), f"sources=[{tmp_path}]", f"out={tmp_path / 'run'}", "kind=wavenet"])
+
+
+def test_frame_local_encoder_gives_a_steady_tone_one_code_sequence():
+    """encoder_dilations=[]: a code sees its frame +-1 (and the STFT window), so the same tone framed
+    alike gets the same codes whatever precedes it; the default encoder's context reaches further."""
+    hop = 320
+    t = np.arange(8 * hop) / SR
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    noise = 0.3 * np.random.default_rng(0).standard_normal(8 * hop).astype(np.float32)
+    for enc, same in (([], True), (None, False)):
+        tok = initialised(tiny_cfg(encoder_dilations=enc, res_dilations=[1, 2, 4], n_fft=320, layers_used=1))
+        with torch.no_grad():
+            waves = [torch.from_numpy(np.concatenate([head, tone]))[None, None] for head in (0 * noise, noise)]
+            z = [tok.model._encode_latent(tok.model.features(w)) for w in waves]
+        # frames 12..15: the tone's, at least 4 frames after the head ends
+        assert torch.allclose(z[0][0, 12:], z[1][0, 12:], atol=1e-5) is same

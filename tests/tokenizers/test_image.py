@@ -201,3 +201,25 @@ def test_shipped_configs_load():
     cfg = load_config(ImageTrainConfig, CONFIGS / "image.yaml")
     tok = VQImageTokenizer(cfg.tokenizer)
     assert tok.codebook_size == 1024 and tok.codebook_spec().grid == (16, 16)
+
+
+def test_local_encoder_codes_depend_on_their_own_patch_only():
+    """local_encoder: repainting one patch changes that patch's latent and no other, and two empty
+    patches anywhere in any image get one code (the demo's background)."""
+    torch.manual_seed(0)
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[0:4, 0:4] = (230, 25, 25)
+    other = img.copy()
+    other[8:12, 4:8] = (40, 80, 240)  # patch (row 2, column 1)
+    local = VQImageTokenizer(tiny_cfg(local_encoder=True, quantizer="fsq", fsq_levels=[8, 4]))
+    with torch.no_grad():
+        za, zb = (local.model.encoder(to_pixels(x[None]))[0] for x in (img, other))
+    moved = (za - zb).abs().amax(0) > 1e-6
+    assert moved.nonzero().tolist() == [[2, 1]]
+    codes = local.encode(img)
+    assert len(np.unique(codes[1:, 1:])) == 1 and codes[0, 1] == codes[3, 3]
+    # the default encoder mixes the whole image (GroupNorm statistics, 3x3 convs): not local
+    glob = VQImageTokenizer(tiny_cfg(quantizer="fsq", fsq_levels=[8, 4]))
+    with torch.no_grad():
+        za, zb = (glob.model.encoder(to_pixels(x[None]))[0] for x in (img, other))
+    assert not torch.allclose(za[:, 0, 3], zb[:, 0, 3])
