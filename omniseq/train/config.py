@@ -49,7 +49,7 @@ class StageConfig:
     deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "auto" values are filled from this file
     zero_stage: int = -1  # overrides the JSON's ZeRO stage (0-3); -1 keeps it
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    compile: bool = False  # torch.compile the model (GPU)
+    compile: bool = False  # torch.compile the model (inductor; CPU and GPU)
     seed: int = 0  # model init, data order, condition dropout
     log_every: int = 10  # steps between log lines / TensorBoard points
     save_every: int = 100  # steps between checkpoints (and one at the end)
