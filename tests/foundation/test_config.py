@@ -37,6 +37,7 @@ def test_layers_merge_in_order(tmp_path):
         ("steps: many\n", [], r"key 'steps'"),
         ("", ["inner.lrr=1"], r"command line: key 'inner.lrr'"),
         ("", ["steps"], r"expected key=value"),
+        ("", ["shares={text:[1]}"], r"override 'shares=\{text:\[1\]\}': the value is not valid YAML"),
         ("- a\n- b\n", [], r"expected a mapping"),
         ("steps: [1\n", [], r"not valid YAML"),
         ("base: nowhere.yaml\n", [], r"not found"),
