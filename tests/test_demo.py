@@ -47,3 +47,20 @@ def test_micro_demo_runs_every_step(tmp_path):
     again = subprocess.run([sys.executable, "-m", "omniseq.recipe", "--scale", "micro", "--out", str(out)],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and again.stdout.count("(done before)") == len(STEPS)
+
+
+def test_sample_overrides_set_the_sampling_of_the_samples_and_eval_steps(tmp_path):
+    from omniseq.config import ConfigError, load_config
+    from omniseq.recipe import Recipe, RecipeConfig
+
+    demo = Recipe(load_config(RecipeConfig, None, [f"out={tmp_path}"]))._sample_config()
+    assert demo.dtype == "bf16" and demo.generate.sampling.image.temperature == 0
+    assert demo.generate.sampling.guidance.image == 1.0
+    assert demo.generate.sampling.text.temperature == 0.7  # text keeps the peers' default
+    own = ["sample_overrides=[generate.sampling.audio.top_p=0.5]", f"out={tmp_path}"]
+    cfg = Recipe(load_config(RecipeConfig, None, own))._sample_config()
+    assert cfg.dtype == "auto" and cfg.generate.sampling.audio.top_p == 0.5
+    with pytest.raises(ConfigError, match="temprature"):
+        Recipe(
+            load_config(RecipeConfig, None, ["sample_overrides=[generate.sampling.image.temprature=0]"])
+        )._sample_config()

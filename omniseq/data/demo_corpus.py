@@ -37,7 +37,7 @@ KINDS = ("image", "melody", "sound", "speech", "video")
 MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
 SCALES = {  # items per kind; interleaved documents are drawn from these items
     "tiny": dict(image=24, melody=12, sound=14, speech=10, video=8, interleaved=8),
-    "small": dict(image=2000, melody=1000, sound=500, speech=300, video=300, interleaved=300),
+    "small": dict(image=2000, melody=2000, sound=500, speech=300, video=300, interleaved=300),
     "medium": dict(image=20000, melody=10000, sound=5000, speech=3000, video=3000, interleaved=3000),
 }
 PROMPTS = {  # direction -> user wordings; "{text}" is the item's text (AnyGPT varies its instructions)
