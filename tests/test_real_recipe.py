@@ -32,7 +32,8 @@ def test_micro_real_recipe_runs_every_step(tmp_path, shared_data):
     cmd = [sys.executable, "-m", "omniseq.recipe", "--config", "configs/recipes/real_small_cpu.yaml", "--out", str(out),
            f"data={shared_data}", f"corpus_overrides=[{caps}]", "text_vocab=500",
            "image_overrides=[steps=4,max_minutes=0,holdout=4]", "audio_overrides=[steps=4,max_minutes=0]",
-           "stage_overrides=[log_every=1,model_size=tiny,data.seq_len=256,data.batch_size=2,eval_batches=1]", *stages,
+           "stage_overrides=[log_every=1,model_size=tiny,data.seq_len=256,data.batch_size=2,eval_batches=1,compile=false]",
+           *stages,
            "eval_per_direction=2", 'eval_overrides=["scorer_overrides=[epochs=1,limit=200]"]', "nproc=1"]  # fmt: skip
     dist_keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     env = {k: v for k, v in os.environ.items() if k not in dist_keys}
