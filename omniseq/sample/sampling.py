@@ -3,7 +3,9 @@ row is generating (text, or the media span it is inside).
 
 Defaults come from the peers (ANCHORS.md): Chameleon samples text and images at T 0.7, top-p 0.9 with
 CFG 3.0 for images; MIO samples speech with top-p 0.7 and repetition penalty 1.15. Greedy image
-decoding gives blank images (most training patches are empty), so no image default is greedy.
+decoding gave blank images with the demo's first, global VQ (most training patches are empty), so no image
+default is greedy; the demo's per-patch image tokenizer decodes best greedy and unguided, which its recipe
+sets (omniseq.recipe DEMO_SAMPLING).
 
 Sampling follows gpt-fast: the exponential-race trick (argmax of p / Exp(1) noise) draws from p without
 `torch.multinomial`'s host sync. Each row has its own seeded `torch.Generator`, so a row's tokens do not
