@@ -25,7 +25,7 @@ LAUNCH = $(if $(HOSTFILE),$(VENV)/bin/deepspeed --hostfile $(HOSTFILE) --module,
 TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.image=$(RUN)/tokenizers/image \
        sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
 
-.PHONY: help setup system-deps test test-fast lint format demo demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
+.PHONY: help setup system-deps test test-fast lint format demo demo-h200 demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
         sample eval real real-cpu eval-real bench clean
 
 help:  ## list the targets
@@ -59,6 +59,9 @@ test-fast: setup  ## the CPU tests without the slow ones
 
 demo: system-deps setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
 	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)
+
+demo-h200: system-deps setup  ## the demo world sized for one H200 (<= 10 min goal; not yet measured): configs/recipes/demo_h200.yaml
+	$(PY) -m omniseq.recipe --config configs/recipes/demo_h200.yaml $(ARGS)
 
 demo-micro: setup  ## the same loop at smoke-test size (a few minutes)
 	$(PY) -m omniseq.recipe --scale micro $(ARGS)

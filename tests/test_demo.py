@@ -64,3 +64,24 @@ def test_sample_overrides_set_the_sampling_of_the_samples_and_eval_steps(tmp_pat
         Recipe(
             load_config(RecipeConfig, None, ["sample_overrides=[generate.sampling.image.temprature=0]"])
         )._sample_config()
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_load_with_every_override_valid(recipe):
+    """Each recipe file, and the key=value lists it hands to the corpus, tokenizer and stage configs, load
+    against their schemas: a typo fails here, not minutes into a GPU run."""
+    from omniseq.config import load_config
+    from omniseq.data.demo_corpus import DemoConfig
+    from omniseq.data.real_corpus import RealCorpusConfig
+    from omniseq.recipe import STAGES, RecipeConfig
+    from omniseq.tokenizers.audio_train import AudioTrainConfig
+    from omniseq.tokenizers.image_train import ImageTrainConfig
+    from omniseq.train.config import StageConfig
+
+    cfg = load_config(RecipeConfig, recipe)
+    load_config(RealCorpusConfig if cfg.world == "real" else DemoConfig, None, cfg.corpus_overrides)
+    load_config(ImageTrainConfig, REPO / cfg.image_tokenizer, cfg.image_overrides)
+    load_config(AudioTrainConfig, REPO / cfg.audio_tokenizer, cfg.audio_overrides)
+    for step, name in STAGES.items():
+        stage = [*cfg.stage_overrides, *cfg.per_stage.get(step, [])]
+        load_config(StageConfig, REPO / f"configs/stages/{name}.yaml", ["root=runs/x", *stage])
