@@ -52,7 +52,7 @@ REFERENCES = ("random", "blind")
 @dataclass
 class EvalConfig:
     corpus: str = "runs/demo/corpus"  # the demo corpus folder (its sft.eval.jsonl holds the prompts)
-    per_direction: int = 20  # held-out items per direction
+    per_direction: int = 40  # held-out items per direction (with 20, one item moved a direction by 5 points)
     text_tokens: int = 48  # answer budget of the *2text directions (the demo's answers are a few words)
     references: list[str] = field(default_factory=lambda: list(REFERENCES))  # extra rows: random | blind
     perplexity_sources: list[str] = field(default_factory=list)  # shard sets for held-out loss per modality
