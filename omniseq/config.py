@@ -49,12 +49,11 @@ def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: 
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r}: expected key=value")
-    for o in overrides:  # one at a time, so that a value that is not valid YAML is named
+    for o in overrides:  # parsed one at a time, so that a value that is not valid YAML is named
         try:
-            OmegaConf.from_dotlist([o])
+            sources.append(("command line", OmegaConf.from_dotlist([o])))
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             raise ConfigError(f"override {o!r}: the value is not valid YAML ({_first_line(e)})") from None
-    sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     for source, data in sources:
         try:
             merged = OmegaConf.merge(merged, data)

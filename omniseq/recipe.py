@@ -63,9 +63,9 @@ class RecipeConfig:
     per_stage: dict[str, list[str]] = field(default_factory=dict)  # stage1|stage2|stage3|sft -> key=value
     # key=value for the SampleConfig of the samples and eval steps. The demo's default: images greedy and
     # unguided (the local image encoder codes a patch's content alike in every scene, so the most likely
-    # code is the right one; on the demo checkpoint text->image scored 92% so against 87% sampled and 84%
-    # with CFG 3, docs/benchmarks.md); bf16 decodes 1.6x faster on this CPU with the same table. Real
-    # recipes set their own (configs/recipes/).
+    # code is the right one; on one demo checkpoint text->image scored 92% so, against 87% sampled and 84%
+    # greedy with CFG 3, docs/benchmarks.md); bf16 made the eval step 1.6x faster on the CPU with the same
+    # table. The real recipes set [] (configs/recipes/).
     sample_overrides: list[str] = field(default_factory=lambda: list(DEMO_SAMPLING))
     eval_per_direction: int = 40  # held-out prompts per direction in the table (fewer where the corpus has fewer)
     eval_overrides: list[str] = field(default_factory=list)  # key=value for the world's eval config

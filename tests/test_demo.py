@@ -66,20 +66,28 @@ def test_sample_overrides_set_the_sampling_of_the_samples_and_eval_steps(tmp_pat
         )._sample_config()
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", [None, *sorted((REPO / "configs" / "recipes").glob("*.yaml"))],
+                         ids=lambda p: "demo" if p is None else p.stem)  # fmt: skip
 def test_shipped_recipes_load_with_every_override_valid(recipe):
-    """Each recipe file, and the key=value lists it hands to the corpus, tokenizer and stage configs, load
-    against their schemas: a typo fails here, not minutes into a GPU run."""
+    """Each recipe (the files and the default demo), and the key=value lists it hands to the corpus,
+    tokenizer, stage, sampling and eval configs, load against their schemas: a typo fails here, not
+    minutes into a GPU run."""
     from omniseq.config import load_config
     from omniseq.data.demo_corpus import DemoConfig
     from omniseq.data.real_corpus import RealCorpusConfig
+    from omniseq.eval.harness import EvalConfig
+    from omniseq.eval.real import RealEvalConfig
     from omniseq.recipe import STAGES, RecipeConfig
+    from omniseq.sample.run import SampleConfig
     from omniseq.tokenizers.audio_train import AudioTrainConfig
     from omniseq.tokenizers.image_train import ImageTrainConfig
     from omniseq.train.config import StageConfig
 
     cfg = load_config(RecipeConfig, recipe)
-    load_config(RealCorpusConfig if cfg.world == "real" else DemoConfig, None, cfg.corpus_overrides)
+    real = cfg.world == "real"
+    load_config(RealCorpusConfig if real else DemoConfig, None, cfg.corpus_overrides)
+    load_config(SampleConfig, None, cfg.sample_overrides)
+    load_config(RealEvalConfig if real else EvalConfig, None, cfg.eval_overrides)
     load_config(ImageTrainConfig, REPO / cfg.image_tokenizer, cfg.image_overrides)
     load_config(AudioTrainConfig, REPO / cfg.audio_tokenizer, cfg.audio_overrides)
     for step, name in STAGES.items():

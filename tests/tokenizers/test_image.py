@@ -216,8 +216,8 @@ def test_local_encoder_codes_depend_on_their_own_patch_only():
         za, zb = (local.model.encoder(to_pixels(x[None]))[0] for x in (img, other))
     moved = (za - zb).abs().amax(0) > 1e-6
     assert moved.nonzero().tolist() == [[2, 1]]
-    codes = local.encode(img)
-    assert len(np.unique(codes[1:, 1:])) == 1 and codes[0, 1] == codes[3, 3]
+    codes, codes_other = local.encode(img), local.encode(other)
+    assert len(np.unique(codes[1:, 1:])) == 1 and codes[0, 1] == codes[3, 3] == codes_other[0, 3]
     # the default encoder mixes the whole image (GroupNorm statistics, 3x3 convs): not local
     glob = VQImageTokenizer(tiny_cfg(quantizer="fsq", fsq_levels=[8, 4]))
     with torch.no_grad():
