@@ -38,7 +38,7 @@ SHARD_SETS = ("pairs", "speech", "interleaved", "sft", "pairs_eval", "sft_eval")
 WORLDS = ("demo", "real")
 
 
-DEMO_SAMPLING = ("dtype=bf16", "generate.sampling.image.temperature=0", "generate.sampling.guidance.image=1.0")
+DEMO_SAMPLING = ("generate.sampling.image.temperature=0", "generate.sampling.guidance.image=1.0")
 
 
 @dataclass
@@ -61,11 +61,16 @@ class RecipeConfig:
     shard_configs: str = "configs/data/demo_{name}.yaml"  # one per shard set ({name}: pairs, speech, ...)
     stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage
     per_stage: dict[str, list[str]] = field(default_factory=dict)  # stage1|stage2|stage3|sft -> key=value
+    # wall-clock budget of the four stages' training loops, split in proportion to each stage's planned tokens
+    # (steps x batch x seq_len) and given to it as max_minutes: a stage that would overrun trains fewer steps
+    # on a rescaled schedule (omniseq/train/config.py). 0 = off. The CPU recipes set it: the 2-core machines
+    # differ 4-5x in speed (docs/training.md "Time budgets").
+    train_minutes: float = 0.0
     # key=value for the SampleConfig of the samples and eval steps. The demo's default: images greedy and
     # unguided (the local image encoder codes a patch's content alike in every scene, so the most likely
     # code is the right one; on one demo checkpoint text->image scored 92% so, against 87% sampled and 84%
-    # greedy with CFG 3, docs/benchmarks.md); bf16 made the eval step 1.6x faster on the CPU with the same
-    # table. The real recipes set [] (configs/recipes/).
+    # greedy with CFG 3, docs/benchmarks.md). Decoding runs in bf16 where the CPU computes it natively (dtype
+    # auto: 1.6x faster eval on an AVX512-BF16 machine, same table). The real recipes set [] (configs/recipes/).
     sample_overrides: list[str] = field(default_factory=lambda: list(DEMO_SAMPLING))
     eval_per_direction: int = 40  # held-out prompts per direction in the table (fewer where the corpus has fewer)
     eval_overrides: list[str] = field(default_factory=list)  # key=value for the world's eval config
@@ -198,9 +203,10 @@ class Recipe:
         from omniseq.train.config import StageConfig
 
         config = REPO / f"configs/stages/{STAGES[step]}.yaml"
-        overrides = [f"root={self.out}", f"seed={self.cfg.seed}", *self.cfg.stage_overrides,
-                     *self.cfg.per_stage.get(step, [])]  # fmt: skip
+        overrides = self._stage_overrides(step)
         stage = load_config(StageConfig, config, overrides)
+        if self.cfg.train_minutes:
+            overrides.append(f"max_minutes={self.stage_minutes(step):.3f}")
         present = [s for s in stage.data.sources if (Path(s.path) / "manifest.json").is_file()]
         if len(present) < len(stage.data.sources):  # no speech shards without espeak-ng
             srcs = ",".join(f"{{path: '{s.path}', share: {s.share}}}" for s in present)
@@ -210,7 +216,24 @@ class Recipe:
         run([*launch, "-m", "omniseq.train", "--config", str(config), *overrides])
         result = json.loads((Path(stage.out_dir) / "result.json").read_text())
         held = f"; held-out {result['eval/loss']:.3f}" if "eval/loss" in result else ""
-        return f"loss {result['train/loss']:.3f}{held}"
+        short = result.get("steps", stage.steps) < stage.steps
+        fitted = f"; {result['steps']} of {stage.steps} steps fit train_minutes" if short else ""
+        return f"loss {result['train/loss']:.3f}{held}{fitted}"
+
+    def _stage_overrides(self, step: str) -> list[str]:
+        c = self.cfg
+        return [f"root={self.out}", f"seed={c.seed}", *c.stage_overrides, *c.per_stage.get(step, [])]
+
+    def stage_minutes(self, step: str) -> float:
+        """The stage's share of train_minutes: its planned tokens over all four stages' planned tokens."""
+        tokens = {s: self._planned_tokens(s) for s in STAGES}
+        return self.cfg.train_minutes * tokens[step] / sum(tokens.values())
+
+    def _planned_tokens(self, step: str) -> int:
+        from omniseq.train.config import StageConfig
+
+        s = load_config(StageConfig, REPO / f"configs/stages/{STAGES[step]}.yaml", self._stage_overrides(step))
+        return s.steps * s.grad_accum * s.data.batch_size * s.data.seq_len
 
     def _sample_config(self):
         from omniseq.sample.run import SampleConfig
@@ -305,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(cfg.per_stage) - set(STAGES)
     if unknown:
         raise ConfigError(f"per_stage: unknown stage(s) {sorted(unknown)}; expected {list(STAGES)}")
+    if cfg.train_minutes < 0:
+        raise ConfigError(f"train_minutes: expected >= 0 (0 = no budget), got {cfg.train_minutes}")
     recipe, done = Recipe(cfg), Path(cfg.out) / ".done"
     done.mkdir(parents=True, exist_ok=True)
     if args.redo:

@@ -54,7 +54,7 @@ def test_sample_overrides_set_the_sampling_of_the_samples_and_eval_steps(tmp_pat
     from omniseq.recipe import Recipe, RecipeConfig
 
     demo = Recipe(load_config(RecipeConfig, None, [f"out={tmp_path}"]))._sample_config()
-    assert demo.dtype == "bf16" and demo.generate.sampling.image.temperature == 0
+    assert demo.dtype == "auto" and demo.generate.sampling.image.temperature == 0  # bf16 where native
     assert demo.generate.sampling.guidance.image == 1.0
     assert demo.generate.sampling.text.temperature == 0.7  # text keeps the peers' default
     own = ["sample_overrides=[generate.sampling.audio.top_p=0.5]", f"out={tmp_path}"]
@@ -93,3 +93,18 @@ def test_shipped_recipes_load_with_every_override_valid(recipe):
     for step, name in STAGES.items():
         stage = [*cfg.stage_overrides, *cfg.per_stage.get(step, [])]
         load_config(StageConfig, REPO / f"configs/stages/{name}.yaml", ["root=runs/x", *stage])
+
+
+def test_train_minutes_are_split_by_planned_tokens_and_a_negative_budget_is_refused(tmp_path):
+    from omniseq.config import ConfigError, load_config
+    from omniseq.recipe import STAGES, Recipe, RecipeConfig, main
+
+    steps = {"stage1": 300, "stage2": 100, "stage3": 100, "sft": 500}
+    per_stage = ", ".join(f"{s}: [steps={n}]" for s, n in steps.items())
+    recipe = Recipe(load_config(RecipeConfig, None, [f"out={tmp_path}", "train_minutes=10",
+                                                     f"per_stage={{{per_stage}}}"]))  # fmt: skip
+    minutes = {s: recipe.stage_minutes(s) for s in STAGES}
+    assert sum(minutes.values()) == pytest.approx(10)
+    assert minutes["stage1"] == pytest.approx(3) and minutes["sft"] == pytest.approx(5)  # same batch x seq_len
+    with pytest.raises(ConfigError, match="train_minutes"):
+        main([f"--out={tmp_path}", "train_minutes=-1"])

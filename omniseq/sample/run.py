@@ -20,6 +20,7 @@ import torch
 
 from omniseq.config import ConfigError
 from omniseq.document import DocumentCodec, Segment, segment_from_json
+from omniseq.model.precision import use_bf16
 from omniseq.sample.generate import GenerateConfig, generate, prompt_ids
 from omniseq.sample.render import render
 from omniseq.tokenizers.base import load_tokenizer
@@ -39,7 +40,7 @@ class SampleConfig:
     chat: bool = True  # prompts are the user's turn (SFT checkpoints); false: continue a plain document
     batch_size: int = 8  # prompts generated together
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    dtype: str = "auto"  # auto (bf16 on GPU and on a CPU with native bf16, else fp32) | bf16 | fp32
     compile: bool = False  # torch.compile the one-token decode step (GPU)
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # budgets, constraints, sampling, CFG
 
@@ -96,7 +97,7 @@ class SamplingSession:
         self.cfg = cfg
         want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if want_cuda else "cpu")
-        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and want_cuda)
+        bf16 = use_bf16(cfg.dtype, self.device)
         model, layout = load_export(cfg.checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32)
         self.model, self.layout = model.eval().to(self.device), layout
         self.codec = load_codec(cfg, layout)  # checks every tokenizer's fingerprint against the vocabulary

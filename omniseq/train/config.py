@@ -44,11 +44,16 @@ class StageConfig:
     eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end (when eval_sources)
     eval_batches: int = 4  # micro-batches per held-out evaluation
     steps: int = 100  # optimizer steps in this stage
+    # wall-clock budget of the training loop (compile included; start-up and export not); 0 = off. After
+    # FIT_AFTER steps the stage times its steps and, when `steps` would overrun, trains only as many as fit,
+    # its warmup and cosine schedule rescaled so it still ends at min_lr. Never adds steps. (Machines of one
+    # kind differ 4-5x in speed: docs/training.md "Time budgets".)
+    max_minutes: float = 0.0
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: str = "configs/deepspeed/zero2.json"  # DeepSpeed JSON; "auto" values are filled from this file
     zero_stage: int = -1  # overrides the JSON's ZeRO stage (0-3); -1 keeps it
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPU and on a CPU with native bf16, else fp32) | bf16 | fp32
     compile: bool = False  # torch.compile the model (inductor; CPU and GPU)
     seed: int = 0  # model init, data order, condition dropout
     log_every: int = 10  # steps between log lines / TensorBoard points
@@ -67,6 +72,8 @@ class StageConfig:
         def bad(key: str, expected: str, got=None):
             raise ConfigError(f"{where}: key {key!r}: expected {expected}" + ("" if got is None else f", got {got!r}"))
 
+        if self.max_minutes < 0:
+            bad("max_minutes", ">= 0 (0 = no budget)", self.max_minutes)
         if self.steps <= 0:
             bad("steps", "a positive number of optimizer steps", self.steps)
         if self.grad_accum <= 0:

@@ -30,6 +30,7 @@ from omniseq.data.loader import DataConfig, stream_from_config
 from omniseq.data.shardset import read_manifest
 from omniseq.model.config import SIZES, ModelConfig, model_config
 from omniseq.model.hf import import_hf_llama
+from omniseq.model.precision import use_bf16
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.config import StageConfig
@@ -144,14 +145,16 @@ def optimizer_for(model: torch.nn.Module, cfg: StageConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
 
 
+COMPILE_STEPS = 3  # steps a time budget leaves untimed: torch.compile and the first allocations run here
+FIT_AFTER = 10  # steps after which a time budget is fitted (timed over the steps past COMPILE_STEPS)
+
+
 class Trainer:
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg
         self.layout = check_inputs(cfg)
         self.rank, self.world, self.device = init_distributed()
-        self.precision = (
-            cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
-        )
+        self.precision = "bf16" if use_bf16(cfg.precision, self.device) else "fp32"
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
         if self.rank == 0:
@@ -171,14 +174,19 @@ class Trainer:
             self.engine.compile()
         self.stream = stream_from_config(cfg.data, self.rank, self.world, self.layout)
         self.step, self.bad_steps, self.stop_requested = 0, 0, False
+        self.total, self.fitted = cfg.steps, False  # the steps this stage trains (fit_to_budget may lower it)
         tag = ckpt.latest_complete(self.ckpt_root) if self.ckpt_root.is_dir() else None
         if tag:
             common, mine = ckpt.load(self.engine, self.ckpt_root, tag)
             self.step, self.bad_steps = common["step"], common["bad_steps"]
             self.stream.load_state_dict(mine["data"])
+            fitted = common.get("fitted_steps", 0)  # a budget fitted before the stop: resume on that schedule
         self.resumed_from = tag
         self.batches = iter(self.stream)
         self.log = RunLogger(self.out, cfg.steps, self.step, self.rank == 0, cfg.tensorboard)
+        if tag and fitted:
+            self._set_total(fitted)
+            self.fitted = True
         self.flops_per_token = self.mcfg.flops_per_token(cfg.data.seq_len)  # the formula bench/train_step.py uses
         self.peak = device_peak_tflops(self.device)
 
@@ -239,9 +247,34 @@ class Trainer:
         res["eval/loss"] = (ce.sum() / count.sum().clamp(min=1)).item()
         return res
 
+    # -- the time budget ---------------------------------------------------------------------------------
+    def _set_total(self, total: int) -> None:
+        """Train `total` steps: the cosine schedule (and the warmup, in proportion) end there instead."""
+        sched = self.engine.lr_scheduler
+        sched.total_num_steps = total
+        sched.warmup_num_steps = max(2, round(self.cfg.warmup_steps() * total / self.cfg.steps))
+        self.total = total
+        self.log.bar.total = total
+        self.log.bar.refresh()
+
+    def fit_to_budget(self, started: float, timed_from: tuple[int, float]) -> None:
+        """Once FIT_AFTER steps ran: the slowest rank's seconds per step since `timed_from` (past the
+        compile) set how many steps fit in max_minutes; every rank takes the same number."""
+        step0, t_step0 = timed_from
+        now = time.perf_counter()
+        times = torch.tensor([(now - t_step0) / (self.step - step0), now - started], device=self.device)
+        per_step, spent = self._all_reduce(times, dist.ReduceOp.MAX).tolist()
+        fit = max(self.step + 1, self.step + int(max(0.0, self.cfg.max_minutes * 60 - spent) / per_step))
+        self.fitted = True
+        if fit < self.total:
+            self.log.write(f"max_minutes={self.cfg.max_minutes:g}: {per_step:.2f} s a step, so {fit} of "
+                           f"{self.cfg.steps} steps fit; schedule rescaled")  # fmt: skip
+            self._set_total(fit)
+
     def save(self) -> str:
         common = {"step": self.step, "bad_steps": self.bad_steps, "vocab_hash": self.layout.hash,
-                  "config": asdict(self.cfg), "stage": self.cfg.name}  # fmt: skip
+                  "config": asdict(self.cfg), "stage": self.cfg.name,
+                  "fitted_steps": self.total if self.fitted else 0}  # fmt: skip
         return ckpt.save(self.engine, self.ckpt_root, self.step, common, {"data": self.stream.state_dict()},
                          self.cfg.keep_last)  # fmt: skip
 
@@ -277,11 +310,17 @@ class Trainer:
         if self.resumed_from:
             self.log.write(f"resumed from {self.ckpt_root / self.resumed_from} at step {self.step}")
         tokens, t0, last = 0.0, time.perf_counter(), {}
-        while self.step < cfg.steps:
+        started, timed_from = t0, None
+        while self.step < self.total:
             last = self.train_step()
             tokens += last["train/tokens"]
             self.log.step()
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if cfg.max_minutes and not self.fitted:
+                if timed_from is None and self.step >= COMPILE_STEPS:
+                    timed_from = (self.step, time.perf_counter())
+                elif timed_from is not None and self.step - timed_from[0] >= FIT_AFTER - COMPILE_STEPS:
+                    self.fit_to_budget(started, timed_from)
+            if self.step % cfg.log_every == 0 or self.step == self.total:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
@@ -318,6 +357,7 @@ class Trainer:
             tag = self.save()
         export = self.export(tag)
         result["data"] = self.stream.stats()
+        result["steps"], result["planned_steps"] = self.step, cfg.steps
         self.log.close()
         if self.rank == 0:
             png = plot_loss_curves(self.out / "metrics.jsonl", self.out / "loss_curves.png", cfg.name)

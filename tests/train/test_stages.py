@@ -57,3 +57,20 @@ def test_resume_after_sigkill_gives_the_same_losses(train_world, tmp_path):
     assert sorted(resumed) == sorted(straight) == list(range(1, steps + 1))
     for step in straight:
         assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step
+
+
+def test_time_budget_shortens_the_schedule_on_every_rank(train_world, tmp_path):
+    """max_minutes far below what 200 steps take: the stage fits its steps after FIT_AFTER of them, both
+    ranks stop at the same step, and the rescaled cosine still ends at min_lr."""
+    from omniseq.train.trainer import FIT_AFTER
+
+    cfg = stage_yaml(train_world, tmp_path / "run.yaml", steps=200, max_minutes=0.001, log_every=1)
+    res = launch(cfg, nproc=2)
+    assert "steps fit; schedule rescaled" in res.stdout + res.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (result["steps"], result["planned_steps"]) == (FIT_AFTER + 1, 200)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert len(lrs) == FIT_AFTER + 1
+    assert lrs[-1] == pytest.approx(3e-3 * 0.1, rel=1e-3)  # stage_yaml's lr x the default min_lr_ratio
+    assert max(lrs) > lrs[-1]  # it decayed there, from its peak
