@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from omniseq.config import ConfigError
+from omniseq.eval.real import RealEvalConfig, evaluate, real_sample_config
 from omniseq.recipe import STEPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ TASKS = {"digit_image2text", "text2digit_image", "digit_speech2text", "text2digi
 
 
 @pytest.mark.slow
-def test_micro_real_recipe_runs_every_step(tmp_path, shared_data):
+def test_micro_real_recipe_runs_every_step_and_its_table_reruns_for_chosen_tasks(tmp_path, shared_data):
     out = tmp_path / "real"
     caps = ",".join(f"caps.{k}_{s}={n}" for k, (tr, ev) in CAPS.items() for s, n in (("train", tr), ("eval", ev)))
     stages = [f"per_stage.{s}=[steps=3]" for s in ("stage1", "stage2", "stage3", "sft")]
@@ -48,7 +50,21 @@ def test_micro_real_recipe_runs_every_step(tmp_path, shared_data):
     assert set(results["table"]) == {"trained", "specialist", "tokenizer", "random", "chance"}
     assert TASKS <= set(results["table"]["trained"]) | set(results.get("skipped_too_long", {}))
     assert set(results["scorers"]) == {"digit_image", "digit_speech", "sound"}
+    # every scored item's answer is kept: its text, and for generated media the scorer's label
+    assert len(results["answers"]) == sum(row["n"] for row in results["table"]["trained"].values())
+    assert all(a["scored_as"] is None for a in results["answers"] if a["task"].endswith("2text"))
     # the corpus never pairs eval items into training files
     train_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.train.jsonl").read_text().splitlines()}
     eval_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.eval.jsonl").read_text().splitlines()}
     assert not train_ids & eval_ids
+    assert "| p (trained by chance) |" in (out / "eval" / "results.md").read_text()
+
+    # a few tasks only (a sampling sweep); a task the corpus lacks is an error naming the ones it has
+    only = RealEvalConfig(corpus=str(out / "corpus"), data=str(shared_data), scorers=str(out / "scorers"),
+                          out=str(tmp_path / "only"), per_direction=2, references=[],
+                          tasks=["digit_speech2digit_image"], scorer_overrides=["epochs=1", "limit=200"],
+                          sample=real_sample_config(str(out)))  # fmt: skip
+    assert set(evaluate(only)["table"]["trained"]) == {"digit_speech2digit_image"}
+    only.tasks = ["speech2image"]
+    with pytest.raises(ConfigError, match=r"tasks: \['speech2image'\] not in .*digit_speech2digit_image"):
+        evaluate(only)

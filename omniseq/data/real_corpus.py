@@ -100,6 +100,10 @@ class RealCorpusConfig:
     sound_seconds: float = 2.0  # ESC-10 clips (5 s) keep their loudest window of this length: a few hundred tokens
     emoji_candidates: int = 10  # names offered per emoji eval item: the true one and this many minus one others
     text_chars: int = 200_000  # characters of text/tinyshakespeare/input.txt added to the text corpus (if present)
+    # media -> media tasks whose answer first names the label in text, then gives the media: SpeechGPT's
+    # chain-of-modality (Zhang et al. 2023), so the model reuses its speech -> text and text -> image skills.
+    # Direct answers scored 5-22% on spoken digit -> image across three CPU runs (docs/benchmarks.md). [] = direct
+    chain: list[str] = field(default_factory=lambda: ["digit_speech2digit_image"])
 
 
 @dataclass
@@ -123,6 +127,10 @@ def check(cfg: RealCorpusConfig) -> None:
         raise ConfigError(f"sound_seconds: expected in (0, 5] (ESC-10 clips are 5 s), got {cfg.sound_seconds}")
     if cfg.emoji_candidates < 2:
         raise ConfigError(f"emoji_candidates: expected >= 2, got {cfg.emoji_candidates}")
+    media_tasks = [t for t in PROMPTS if "text" not in t.split("2")]
+    wrong = [t for t in cfg.chain if t not in media_tasks]
+    if wrong:
+        raise ConfigError(f"chain: {wrong[0]!r} is not a media -> media task; expected some of {media_tasks}")
     negative = [k for k, v in asdict(cfg.caps).items() if v < 0]
     if negative:
         raise ConfigError(f"caps.{negative[0]}: expected >= 0 (0 = all)")
@@ -217,16 +225,20 @@ def build_set(name: str, cfg: RealCorpusConfig, out: Path, rng: np.random.Genera
     return items
 
 
-def conversation(task: str, item: Item, rng: np.random.Generator, target: Item | None = None) -> dict:
-    """One SFT conversation: x -> text, text -> x, or (with a target) x -> y of the same label."""
+def conversation(
+    task: str, item: Item, rng: np.random.Generator, target: Item | None = None, chain: bool = False
+) -> dict:
+    """One SFT conversation: x -> text, text -> x, or (with a target) x -> y of the same label; `chain`:
+    the x -> y answer is "label. " then y."""
     src, _, dst = task.partition("2")
     prompt = str(rng.choice(PROMPTS[task])).format(text=item.text)
     if src == "text":
         messages = [{"role": "user", "text": prompt}, {"role": "assistant", MODALITY[dst]: item.path}]
     else:
-        answer = {"text": item.text} if dst == "text" else {MODALITY[dst]: target.path}
+        answer = [{"text": item.text}] if dst == "text" else [{MODALITY[dst]: target.path}]
+        answer = [{"text": f"{item.text}. "}, *answer] if chain else answer
         messages = [{"role": "user", "text": prompt + " "}, {"role": "user", MODALITY[src]: item.path},
-                    {"role": "assistant", **answer}]  # fmt: skip
+                    *({"role": "assistant", **a} for a in answer)]  # fmt: skip
     meta = {"task": task, "prompt": prompt, **item.meta}
     if target is not None:
         meta["target_id"] = target.id
@@ -261,7 +273,7 @@ def split_corpora(by_kind: dict[str, list[Item]], split: str, names: dict, cfg: 
                     )
                     continue
                 target = same[int(rng.integers(len(same)))] if task == "digit_speech2digit_image" else None
-                sft.append(conversation(task, it, rng, target))
+                sft.append(conversation(task, it, rng, target, chain=task in cfg.chain))
                 if split == "eval" and task in CANDIDATE_TASKS:  # the true name among seeded others, shuffled
                     # distractors must be names the task's answers never taught: every static name is a
                     # train answer (google style), but an animated clip's name is a train answer only for

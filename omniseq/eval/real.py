@@ -17,7 +17,9 @@ named `{src}2{dst}`; how each is scored:
 Rows: `trained` (the checkpoint), `specialist` (the scorer itself on the real held-out media: for *2text
 that is a recogniser trained on the same data; for generation, what a perfect generator would score),
 `tokenizer` (the scorer on the real media after the tokenizer's round trip: the ceiling generation through
-these codes can reach), `random` (random weights), and `chance`.
+these codes can reach), `random` (random weights), and `chance` (what guessing scores; for LJ, a training
+sentence picked without listening). The last column is the binomial tail P(hits >= the trained row's | chance).
+results.json keeps every item's answer (`answers`). `tasks=[...]` scores only those tasks.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omniseq.config import load_config
+from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
 from omniseq.eval.harness import Item, load_items
@@ -41,6 +43,7 @@ from omniseq.eval.metrics import edit_distance
 from omniseq.model.transformer import Transformer
 from omniseq.sample.generate import prompt_ids
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
+from omniseq.sample.sampling import GuidanceConfig
 from omniseq.tokenizers.audio_io import load_audio
 from omniseq.tokenizers.image_io import load_image
 
@@ -75,6 +78,7 @@ class RealEvalConfig:
     data: str = str(DEFAULT_DATA)  # the real sets, for training the scorers (their train split only)
     scorers: str = "runs/real/scorers"  # the scorers' cache: trained once, reused while the data is unchanged
     per_direction: int = 50  # held-out items per task
+    tasks: list[str] = field(default_factory=list)  # only these tasks (names as in sft.eval.jsonl); [] = all
     text_tokens: int = 32  # answer budget of the *2text tasks (labels are a few words; LJ sentences more)
     references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows: random
     out: str = "runs/real/eval"  # results.json and the table (results.md)
@@ -98,14 +102,26 @@ def word_accuracy(said: str, meant: str) -> float:
     return max(0.0, 1 - edit_distance(normalise(said).split(), ref) / max(1, len(ref)))
 
 
-def budget(task: str, layout, text_tokens: int) -> int:
-    _, dst = split_task(task)
+def chained(item: Item) -> bool:
+    """Whether the item's reference answer names the label in text before its media (the corpus' `chain`)."""
+    return split_task(item.task)[1] != "text" and bool(item.answer) and item.answer[0].modality == "text"
+
+
+def forced(item: Item) -> str | None:
+    """The media span generation opens at once: the target's, unless the answer is chained (text first)."""
+    dst = split_task(item.task)[1]
+    return None if dst == "text" or chained(item) else KIND_MODALITY[dst]
+
+
+def budget(item: Item, layout, text_tokens: int) -> int:
+    _, dst = split_task(item.task)
     if dst == "text":
-        return text_tokens * (4 if task == "speech2text" else 1)
+        return text_tokens * (4 if item.task == "speech2text" else 1)
     cb = layout.codebook(KIND_MODALITY[dst])
+    words = text_tokens if chained(item) else 0  # the label said before the media
     if KIND_MODALITY[dst] == "image":
-        return cb.tokens_per_frame() + 4
-    return int(AUDIO_SECONDS[dst] * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
+        return words + cb.tokens_per_frame() + 4
+    return words + int(AUDIO_SECONDS[dst] * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
 
 
 @torch.no_grad()
@@ -129,44 +145,61 @@ def rank_candidates(session: SamplingSession, item: Item) -> int:
     return int(np.argmax(scores))
 
 
-def generated_answers(session: SamplingSession, items: list[Item], text_tokens: int) -> list:
-    """The assistant's answer to every generation/transcription item: text, or decoded media (None when
-    the model gave none)."""
-    prompts = [Prompt(it.prompt, None if split_task(it.task)[1] == "text" else KIND_MODALITY[split_task(it.task)[1]])
-               for it in items]  # fmt: skip
-    ids, out = session.generate(prompts, [budget(it.task, session.layout, text_tokens) for it in items])
+def generated_answers(session: SamplingSession, items: list[Item], text_tokens: int) -> list[tuple[str, object]]:
+    """(the assistant's text, its first media of the task's target modality decoded, or None) per item: a
+    transcript or label, a drawing, or a chained answer's label and drawing."""
+    prompts = [Prompt(it.prompt, forced(it)) for it in items]
+    budgets = [budget(it, session.layout, text_tokens) for it in items]
+    ids, out = [None] * len(items), [None] * len(items)
+    guidance = session.cfg.generate.sampling.guidance
+    for chain in (False, True):
+        rows = [i for i, it in enumerate(items) if chained(it) == chain]
+        # A chained answer's media is generated unguided: the unconditional rows share everything generated
+        # (omniseq.sample.guidance), the named label included, so guidance would amplify what the spoken clip
+        # adds beyond the label, not the digit. Measured on one checkpoint: 19% guided, 34% unguided.
+        session.cfg.generate.sampling.guidance = GuidanceConfig(1.0, 1.0, 1.0) if chain else guidance
+        try:
+            got = session.generate([prompts[i] for i in rows], [budgets[i] for i in rows]) if rows else ([], [])
+        finally:
+            session.cfg.generate.sampling.guidance = guidance
+        for i, p, o in zip(rows, *got):
+            ids[i], out[i] = p, o
     answers = []
     for item, p, o in zip(items, ids, out):
         answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"]
         _, dst = split_task(item.task)
-        if dst == "text":
-            answers.append("".join(s.text for s in answer if s.modality == "text"))
-        else:
-            media = next((s for s in answer if s.modality == KIND_MODALITY[dst]), None)
-            answers.append(None if media is None else session.codec.render(media))
+        media = None if dst == "text" else next((s for s in answer if s.modality == KIND_MODALITY[dst]), None)
+        text = "".join(s.text for s in answer if s.modality == "text")
+        answers.append((text, None if media is None else session.codec.render(media)))
     return answers
 
 
-def score_model(session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int) -> list[float]:
-    """One score in [0, 1] per item for the session's model."""
+def score_model(
+    session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int
+) -> tuple[list[float], list[dict]]:
+    """One score in [0, 1] per item for the session's model, and what it answered: its text (the picked
+    candidate for ranked names) and, for generated media, the label the scorer gave it."""
     open_items = [it for it in items if it.task not in CANDIDATE_TASKS]
     answers = dict(zip(map(id, open_items), generated_answers(session, open_items, text_tokens))) if open_items else {}
-    scores = []
+    scores, said = [], []
     for item in items:
+        heard = None
         if item.task in CANDIDATE_TASKS:
-            pick = rank_candidates(session, item)
-            scores.append(float(item.meta["candidates"][pick] == item.meta["label"]))
-            continue
-        src, dst = split_task(item.task)
-        answer = answers[id(item)]
-        if dst == "text":
-            scores.append(word_accuracy(answer, item.meta["label"]) if src == "speech"
-                          else float(normalise(answer) == normalise(item.meta["label"])))  # fmt: skip
-        elif answer is None:
-            scores.append(0.0)
+            text = item.meta["candidates"][rank_candidates(session, item)]
+            score = float(text == item.meta["label"])
         else:
-            scores.append(float(scorers[dst].predict([answer])[0] == item.meta["label"]))
-    return scores
+            src, dst = split_task(item.task)
+            text, media = answers[id(item)]
+            if dst == "text":
+                score = (word_accuracy(text, item.meta["label"]) if src == "speech"
+                         else float(normalise(text) == normalise(item.meta["label"])))  # fmt: skip
+            else:
+                heard = None if media is None else str(scorers[dst].predict([media])[0])
+                score = float(heard == item.meta["label"])
+        scores.append(score)
+        said.append({"task": item.task, "id": item.meta.get("id"), "label": item.meta["label"], "text": text,
+                     "scored_as": heard, "score": score})  # fmt: skip
+    return scores, said
 
 
 def media_of(item: Item, kind: str):
@@ -197,10 +230,31 @@ def reference_scores(session: SamplingSession, items: list[Item], scorers: dict)
     return rows
 
 
-def chance(item: Item) -> float:
+def chance(item: Item, train_transcripts: list[str]) -> float:
+    """What guessing scores: one of the candidates, one of ten labels, or (LJ) a training sentence drawn at
+    random without listening (the held-out sentences share words with the training ones: LJ001-0021 begins as
+    LJ001-0007 does), its expected word accuracy."""
     if item.task in CANDIDATE_TASKS:
         return 1 / len(item.meta["candidates"])
-    return 0.0 if item.task == "speech2text" else 0.1  # ten digits, ten ESC-10 classes
+    if item.task == "speech2text":
+        return float(np.mean([word_accuracy(t, item.meta["label"]) for t in train_transcripts] or [0.0]))
+    return 0.1  # ten digits, ten ESC-10 classes
+
+
+def train_transcripts(corpus: str | Path) -> list[str]:
+    """The LJ Speech sentences of the corpus' train split (empty when it has none)."""
+    path = Path(corpus) / "speech.train.jsonl"
+    return [json.loads(ln)["text"] for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def chance_tail(scores: list[float], rate: float) -> float | None:
+    """P(at least this many hits | chance alone): the one-sided binomial tail of the hits in `scores` at the
+    chance `rate`, so "clearly above chance" is a number (docs/benchmarks.md reads p < 0.01). None for graded
+    scores (LJ's word accuracy) and for a chance of 0 or 1."""
+    if not 0 < rate < 1 or any(s not in (0.0, 1.0) for s in scores):
+        return None
+    n, k = len(scores), int(sum(scores))
+    return float(sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(k, n + 1)))
 
 
 def fitting_items(session: SamplingSession, items: list[Item], text_tokens: int) -> tuple[list[Item], dict]:
@@ -208,7 +262,7 @@ def fitting_items(session: SamplingSession, items: list[Item], text_tokens: int)
     (long LJ Speech clips on a 512-token CPU model): skipped, counted and reported, never truncated."""
     keep, skipped = [], defaultdict(int)
     for it in items:
-        need = len(session.ids_of(Prompt(it.prompt))) + budget(it.task, session.layout, text_tokens)
+        need = len(session.ids_of(Prompt(it.prompt))) + budget(it, session.layout, text_tokens)
         if need <= session.model.cfg.max_seq_len:
             keep.append(it)
         else:
@@ -221,21 +275,28 @@ def evaluate(cfg: RealEvalConfig) -> dict:
 
     t0 = time.perf_counter()
     session = SamplingSession(cfg.sample)
-    items, too_long = fitting_items(session, load_items(cfg.corpus, cfg.per_direction), cfg.text_tokens)
+    items = load_items(cfg.corpus, cfg.per_direction)
+    known = sorted({it.task for it in items})
+    if unknown := sorted(set(cfg.tasks) - set(known)):
+        raise ConfigError(f"tasks: {unknown} not in {cfg.corpus}/sft.eval.jsonl; it has {known}")
+    chosen = [it for it in items if not cfg.tasks or it.task in cfg.tasks]
+    items, too_long = fitting_items(session, chosen, cfg.text_tokens)
     needed = {split_task(it.task)[i] for it in items for i in (0, 1)} & set(SCORER_OF)
     scorers, reports = {}, {}
     for kind in sorted(needed):
         scorer = load_or_train(SCORER_OF[kind], cfg.data, cfg.scorers, cfg.seed, cfg.scorer_overrides)
         scorers[kind], reports[kind] = scorer
-    per_row = {"trained": score_model(session, items, scorers, cfg.text_tokens)}
+    trained_scores, answers = score_model(session, items, scorers, cfg.text_tokens)
+    per_row = {"trained": trained_scores}
     per_row.update(reference_scores(session, items, scorers))
     if "random" in cfg.references:
         trained = session.model
         torch.manual_seed(cfg.seed)
         session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
-        per_row["random"] = score_model(session, items, scorers, cfg.text_tokens)
+        per_row["random"] = score_model(session, items, scorers, cfg.text_tokens)[0]
         session.model = trained
-    per_row["chance"] = [chance(it) for it in items]
+    transcripts = train_transcripts(cfg.corpus)
+    per_row["chance"] = [chance(it, transcripts) for it in items]
     table: dict[str, dict] = defaultdict(dict)
     for name, scores in per_row.items():
         by_task = defaultdict(list)
@@ -244,8 +305,12 @@ def evaluate(cfg: RealEvalConfig) -> dict:
                 by_task[item.task].append(s)
         for task, ss in by_task.items():
             table[name][task] = {"main": float(np.mean(ss)), "n": len(ss)}
+    for task, row in table["trained"].items():
+        row["p_chance"] = chance_tail([s for it, s in zip(items, per_row["trained"]) if it.task == task],
+                                      table["chance"][task]["main"])  # fmt: skip
     results = {"checkpoint": cfg.sample.checkpoint, "corpus": cfg.corpus, "scorers": reports, "table": table,
-               "skipped_too_long": too_long, "seconds": time.perf_counter() - t0}  # fmt: skip
+               "skipped_too_long": too_long, "answers": answers,
+               "seconds": time.perf_counter() - t0}  # fmt: skip
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -256,11 +321,14 @@ def evaluate(cfg: RealEvalConfig) -> dict:
 def format_table(results: dict) -> str:
     names = [r for r in ROWS if r in results["table"]]
     tasks = sorted({t for rows in results["table"].values() for t in rows})
-    lines = [f"| task | n | {' | '.join(names)} |", "|---|---|" + "---|" * len(names)]
+    lines = [f"| task | n | {' | '.join(names)} | p (trained by chance) |", "|---|---|" + "---|" * (len(names) + 1)]
     for t in tasks:
         n = results["table"]["trained"].get(t, {}).get("n", 0)
         cells = [results["table"][r].get(t, {}).get("main") for r in names]
-        lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+        p = results["table"]["trained"].get(t, {}).get("p_chance")
+        p_cell = "-" if p is None else "< 0.001" if p < 1e-3 else f"{p:.3f}"
+        lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells)
+                     + f" | {p_cell} |")  # fmt: skip
     if results.get("skipped_too_long"):
         skipped = ", ".join(f"{t} {n}" for t, n in results["skipped_too_long"].items())
         lines.append(f"\nskipped (prompt + answer longer than the model's context): {skipped}")

@@ -105,6 +105,16 @@ def test_sft_tasks_and_generation_targets(corpus):
             assert c["messages"][1]["audio"].endswith(".wav") and "image" in c["messages"][-1]
             assert digit_of_image[c["meta"]["target_id"]] == c["meta"]["digit"]
             assert c["meta"]["label"] == rc.rs.DIGIT_WORDS[c["meta"]["digit"]]
+            # chained (the default): the assistant names the digit, then draws it, in one turn
+            assert c["messages"][-2] == {"role": "assistant", "text": f"{c['meta']['label']}. "}
+
+
+def test_unchained_answers_are_the_media_alone(shared_data, tmp_path):
+    cfg = small_config(shared_data, tmp_path / "c")
+    cfg.sets, cfg.chain = ["mnist", "fsdd"], []
+    rc.generate(cfg)
+    convs = [c for c in lines(tmp_path / "c" / "sft.eval.jsonl") if c["meta"]["task"] == "digit_speech2digit_image"]
+    assert convs and all([m["role"] for m in c["messages"]] == ["user", "user", "assistant"] for c in convs)
 
 
 def test_corpora_read_through_the_data_pipeline_reader(corpus):
@@ -155,3 +165,5 @@ def test_bad_config_is_rejected(tmp_path):
         rc.generate(rc.RealCorpusConfig(out=str(tmp_path), sets=["cifar"]))
     with pytest.raises(rc.ConfigError, match="video_frames"):
         rc.generate(rc.RealCorpusConfig(out=str(tmp_path), video_frames=17))
+    with pytest.raises(rc.ConfigError, match="chain: 'text2digit_image' is not a media -> media task"):
+        rc.generate(rc.RealCorpusConfig(out=str(tmp_path), chain=["text2digit_image"]))

@@ -12,7 +12,16 @@ import torch
 from omniseq.config import load_config
 from omniseq.document import DocumentCodec, Segment
 from omniseq.eval.harness import Item
-from omniseq.eval.real import budget, chance, normalise, rank_candidates, split_task, word_accuracy
+from omniseq.eval.real import (
+    budget,
+    chance,
+    chance_tail,
+    forced,
+    normalise,
+    rank_candidates,
+    split_task,
+    word_accuracy,
+)
 from omniseq.recipe import SHARD_SETS, STAGES, RecipeConfig
 from omniseq.train.config import StageConfig
 
@@ -34,9 +43,30 @@ def test_label_normalisation_and_word_accuracy():
 
 def test_chance_rates(tiny_layout):
     item = Item("emoji2text", "emoji", [], {"candidates": CANDIDATES, "label": "rocket"})
-    assert chance(item) == 0.25
-    assert chance(Item("text2digit_image", "digit_image", [], {"label": "seven"})) == 0.1
-    assert budget("text2digit_image", tiny_layout, 32) == tiny_layout.codebook("image").tokens_per_frame() + 4
+    assert chance(item, []) == 0.25
+    assert chance(Item("text2digit_image", "digit_image", [], {"label": "seven"}), []) == 0.1
+    # LJ: the expected word accuracy of a training sentence drawn without listening
+    lj = Item("speech2text", "speech", [], {"label": "the first book printed"})
+    assert chance(lj, ["the first book printed", "a cat"]) == pytest.approx((1.0 + 0.0) / 2)
+    assert chance(lj, []) == 0.0
+
+
+def test_chained_answers_are_not_forced_and_get_room_for_the_label(tiny_layout):
+    image = tiny_layout.codebook("image").tokens_per_frame() + 4
+    drawn, said = Segment("image", media="x.png", role="assistant"), Segment("text", text="seven. ", role="assistant")
+    direct = Item("text2digit_image", "digit_image", [], {}, [drawn])
+    chained = Item("digit_speech2digit_image", "digit_speech", [], {}, [said, drawn])
+    assert (forced(direct), budget(direct, tiny_layout, 32)) == ("image", image)
+    assert (forced(chained), budget(chained, tiny_layout, 32)) == (None, 32 + image)
+    assert forced(Item("digit_image2text", "digit_image", [], {}, [said])) is None
+
+
+def test_chance_tail_is_the_binomial_tail():
+    assert chance_tail([1.0] * 2, 0.1) == pytest.approx(0.01)  # both hit: 0.1^2
+    assert chance_tail([0.0] * 40, 0.1) == pytest.approx(1.0)  # no hits: chance does at least as well
+    assert chance_tail([1.0] * 4 + [0.0] * 36, 0.1) == pytest.approx(0.5769, abs=1e-4)  # 4 of 40: what chance expects
+    assert chance_tail([1.0] * 10 + [0.0] * 30, 0.1) < 0.01  # 25%: clearly above
+    assert chance_tail([0.5, 1.0], 0.1) is None and chance_tail([1.0], 0.0) is None  # graded (LJ), chance 0
 
 
 class PlantedModel:
