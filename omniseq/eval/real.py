@@ -306,8 +306,9 @@ def evaluate(cfg: RealEvalConfig) -> dict:
         for task, ss in by_task.items():
             table[name][task] = {"main": float(np.mean(ss)), "n": len(ss)}
     for task, row in table["trained"].items():
-        row["p_chance"] = chance_tail([s for it, s in zip(items, per_row["trained"]) if it.task == task],
-                                      table["chance"][task]["main"])  # fmt: skip
+        scores = [s for it, s in zip(items, per_row["trained"]) if it.task == task]
+        graded = task == "speech2text"  # LJ's word accuracy: no binomial tail
+        row["p_chance"] = None if graded else chance_tail(scores, table["chance"][task]["main"])
     results = {"checkpoint": cfg.sample.checkpoint, "corpus": cfg.corpus, "scorers": reports, "table": table,
                "skipped_too_long": too_long, "answers": answers,
                "seconds": time.perf_counter() - t0}  # fmt: skip

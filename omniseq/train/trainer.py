@@ -180,7 +180,9 @@ class Trainer:
             common, mine = ckpt.load(self.engine, self.ckpt_root, tag)
             self.step, self.bad_steps = common["step"], common["bad_steps"]
             self.stream.load_state_dict(mine["data"])
-            fitted = common.get("fitted_steps", 0)  # a budget fitted before the stop: resume on that schedule
+            # a budget fitted (and cut) before the stop, for this config's planned steps: resume on that schedule
+            same_plan = cfg.max_minutes and common.get("planned_steps") == cfg.steps
+            fitted = common.get("fitted_steps", 0) if same_plan else 0
         self.resumed_from = tag
         self.batches = iter(self.stream)
         self.log = RunLogger(self.out, cfg.steps, self.step, self.rank == 0, cfg.tensorboard)
@@ -274,7 +276,8 @@ class Trainer:
     def save(self) -> str:
         common = {"step": self.step, "bad_steps": self.bad_steps, "vocab_hash": self.layout.hash,
                   "config": asdict(self.cfg), "stage": self.cfg.name,
-                  "fitted_steps": self.total if self.fitted else 0}  # fmt: skip
+                  "fitted_steps": self.total if self.total < self.cfg.steps else 0,
+                  "planned_steps": self.cfg.steps}  # fmt: skip
         return ckpt.save(self.engine, self.ckpt_root, self.step, common, {"data": self.stream.state_dict()},
                          self.cfg.keep_last)  # fmt: skip
 
