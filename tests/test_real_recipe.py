@@ -52,7 +52,8 @@ def test_micro_real_recipe_runs_every_step_and_its_table_reruns_for_chosen_tasks
     assert set(results["scorers"]) == {"digit_image", "digit_speech", "sound"}
     # every scored item's answer is kept: its text, and for generated media the scorer's label
     assert len(results["answers"]) == sum(row["n"] for row in results["table"]["trained"].values())
-    assert all(a["scored_as"] is None for a in results["answers"] if a["task"].endswith("2text"))
+    media = [a for a in results["answers"] if not a["task"].endswith("2text")]
+    assert media and all(a["score"] == float(a["scored_as"] == a["label"]) for a in media)
     # the corpus never pairs eval items into training files
     train_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.train.jsonl").read_text().splitlines()}
     eval_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.eval.jsonl").read_text().splitlines()}
