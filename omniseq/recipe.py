@@ -206,7 +206,8 @@ class Recipe:
         overrides = self._stage_overrides(step)
         stage = load_config(StageConfig, config, overrides)
         if self.cfg.train_minutes:
-            overrides.append(f"max_minutes={self.stage_minutes(step):.3f}")
+            # 6 significant digits, so a small positive share never rounds to 0 (= no budget)
+            overrides.append(f"max_minutes={self.stage_minutes(step):.6g}")
         present = [s for s in stage.data.sources if (Path(s.path) / "manifest.json").is_file()]
         if len(present) < len(stage.data.sources):  # no speech shards without espeak-ng
             srcs = ",".join(f"{{path: '{s.path}', share: {s.share}}}" for s in present)

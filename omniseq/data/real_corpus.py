@@ -104,6 +104,9 @@ class RealCorpusConfig:
     # chain-of-modality (Zhang et al. 2023), so the model reuses its speech -> text and text -> image skills.
     # Direct answers scored 5-22% on spoken digit -> image across three CPU runs (docs/benchmarks.md). [] = direct
     chain: list[str] = field(default_factory=lambda: ["digit_speech2digit_image"])
+    # train conversations per item for these tasks (default 1), each with its own prompt draw: upsamples the
+    # small sets in the SFT mixture (ESC-10 has 238 clips beside 3,000 digits); the eval split is never repeated
+    repeats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,6 +137,9 @@ def check(cfg: RealCorpusConfig) -> None:
     negative = [k for k, v in asdict(cfg.caps).items() if v < 0]
     if negative:
         raise ConfigError(f"caps.{negative[0]}: expected >= 0 (0 = all)")
+    bad = {t: n for t, n in cfg.repeats.items() if t not in PROMPTS or not isinstance(n, int) or n < 1}
+    if bad:
+        raise ConfigError(f"repeats: {bad} - expected task -> integer >= 1, tasks among {list(PROMPTS)}")
 
 
 def pick(candidates, cap: int, rng: np.random.Generator) -> list:
@@ -272,8 +278,9 @@ def split_corpora(by_kind: dict[str, list[Item]], split: str, names: dict, cfg: 
                         {"set": "fsdd", "id": it.id, "reason": f"{task}: no {split} MNIST image of that digit"}
                     )
                     continue
-                target = same[int(rng.integers(len(same)))] if task == "digit_speech2digit_image" else None
-                sft.append(conversation(task, it, rng, target, chain=task in cfg.chain))
+                for _ in range(cfg.repeats.get(task, 1) if split == "train" else 1):
+                    target = same[int(rng.integers(len(same)))] if task == "digit_speech2digit_image" else None
+                    sft.append(conversation(task, it, rng, target, chain=task in cfg.chain))
                 if split == "eval" and task in CANDIDATE_TASKS:  # the true name among seeded others, shuffled
                     # distractors must be names the task's answers never taught: every static name is a
                     # train answer (google style), but an animated clip's name is a train answer only for

@@ -80,8 +80,8 @@ def config_hash(cfg: ShardConfig, vocab_hash: str) -> str:
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
 
 
-def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int]]]:
-    """Slices of (corpus index, line number, byte offset), one per shard."""
+def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int, int]]]:
+    """Slices of (corpus index, line number, byte offset, copy), one per shard."""
     if not cfg.corpora:
         raise DataError("config field 'corpora' is empty: list at least one corpus")
     if cfg.samples_per_shard <= 0:
@@ -90,7 +90,10 @@ def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int]]]:
     for ci, c in enumerate(cfg.corpora):
         if c.format not in FORMATS:
             raise DataError(f"corpora[{ci}].format: {c.format!r}, expected one of {FORMATS}")
-        lines += [(ci, lineno, off) for lineno, off in line_index(c.path)]
+        if not isinstance(c.repeat, int) or c.repeat < 1:
+            raise DataError(f"corpora[{ci}].repeat: expected an integer >= 1 (copies of each line), got {c.repeat!r}")
+        index = line_index(c.path)
+        lines += [(ci, lineno, off, copy) for copy in range(c.repeat) for lineno, off in index]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(lines)
     S = cfg.samples_per_shard
@@ -117,7 +120,7 @@ def shard_path(cfg: ShardConfig, k: int, suffix: str = ".tar") -> Path:
     return Path(cfg.out) / f"{cfg.name}-{k:06d}{suffix}"
 
 
-def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> dict:
+def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]) -> dict:
     """Write shard k from its slice; returns (and saves) its stats."""
     codec = _codec(cfg)
     stats = {
@@ -141,12 +144,12 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> 
     tmp = shard_path(cfg, k, ".tar.tmp")
     files = {}
     with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
-        for ci, lineno, off in items:
+        for ci, lineno, off, copy in items:
             corpus = cfg.corpora[ci]
             where = f"{corpus.path}:{lineno}"
             f = files.get(ci) or files.setdefault(ci, open(corpus.path, "rb"))
             try:
-                records = parse_record(read_line(f, off, where), corpus, cfg.pair, lineno, cfg.seed)
+                records = parse_record(read_line(f, off, where), corpus, cfg.pair, lineno, cfg.seed, copy)
             except CorpusError as e:
                 if cfg.on_bad_record == "raise":
                     raise
@@ -170,7 +173,7 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int]]) -> 
                 except ValueError as e:  # codes out of range, a grid of the wrong shape
                     skip("bad_document", f"{where}: {e}")
                     continue
-                key = f"{corpus_name(corpus)}_{lineno:09d}_{j}".replace(".", "_")
+                key = f"{corpus_name(corpus)}_{lineno:09d}_{j}{f'_c{copy}' if copy else ''}".replace(".", "_")
                 meta = {"source": where, "corpus": corpus_name(corpus), "direction": rec.direction}
                 sink.write(encode_sample(key, seq, meta))
                 stats["samples"] += 1

@@ -44,10 +44,10 @@ class StageConfig:
     eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end (when eval_sources)
     eval_batches: int = 4  # micro-batches per held-out evaluation
     steps: int = 100  # optimizer steps in this stage
-    # wall-clock budget of the training loop (compile included; start-up and export not); 0 = off. After
-    # FIT_AFTER steps the stage times its steps and, when `steps` would overrun, trains only as many as fit,
-    # its warmup and cosine schedule rescaled so it still ends at min_lr. Never adds steps. (Machines of one
-    # kind differ 4-5x in speed: docs/training.md "Time budgets".)
+    # wall-clock budget of the training loop (compile, mid-stage evals and saves included; start-up and export
+    # not); 0 = off. From its 10th step on the stage times its steps and, when `steps` would overrun, trains
+    # only as many as fit, its warmup and cosine rescaled so it still ends at min_lr. Never adds steps; a
+    # resumed stage gets what is left (omniseq/train/budget.py; docs/training.md "Time budgets").
     max_minutes: float = 0.0
     grad_accum: int = 1  # micro-batches per optimizer step (per rank)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -33,6 +33,7 @@ from omniseq.model.hf import import_hf_llama
 from omniseq.model.precision import use_bf16
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
+from omniseq.train.budget import TimeBudget, steps_that_fit
 from omniseq.train.config import StageConfig
 from omniseq.train.logger import RunLogger, device_peak_tflops, plot_loss_curves
 from omniseq.vocab import MODALITIES, VocabLayout
@@ -145,10 +146,6 @@ def optimizer_for(model: torch.nn.Module, cfg: StageConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
 
 
-COMPILE_STEPS = 3  # steps a time budget leaves untimed: torch.compile and the first allocations run here
-FIT_AFTER = 10  # steps after which a time budget is fitted (timed over the steps past COMPILE_STEPS)
-
-
 class Trainer:
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg
@@ -174,21 +171,23 @@ class Trainer:
             self.engine.compile()
         self.stream = stream_from_config(cfg.data, self.rank, self.world, self.layout)
         self.step, self.bad_steps, self.stop_requested = 0, 0, False
-        self.total, self.fitted = cfg.steps, False  # the steps this stage trains (fit_to_budget may lower it)
+        self.total = cfg.steps  # the steps this stage trains (fit_to_budget may lower it)
+        fitted, self.spent_before = 0, 0.0
         tag = ckpt.latest_complete(self.ckpt_root) if self.ckpt_root.is_dir() else None
         if tag:
             common, mine = ckpt.load(self.engine, self.ckpt_root, tag)
             self.step, self.bad_steps = common["step"], common["bad_steps"]
             self.stream.load_state_dict(mine["data"])
-            # a budget fitted (and cut) before the stop, for this config's planned steps: resume on that schedule
-            same_plan = cfg.max_minutes and common.get("planned_steps") == cfg.steps
-            fitted = common.get("fitted_steps", 0) if same_plan else 0
+            # a budget fitted (and cut) before the stop, for this config's planned steps: resume on that
+            # schedule, with what is left of the budget
+            if cfg.max_minutes and common.get("planned_steps") == cfg.steps:
+                fitted, self.spent_before = common.get("fitted_steps", 0), common.get("budget_spent_s", 0.0)
         self.resumed_from = tag
         self.batches = iter(self.stream)
         self.log = RunLogger(self.out, cfg.steps, self.step, self.rank == 0, cfg.tensorboard)
-        if tag and fitted:
+        if fitted:
             self._set_total(fitted)
-            self.fitted = True
+        self.budget: TimeBudget | None = None
         self.flops_per_token = self.mcfg.flops_per_token(cfg.data.seq_len)  # the formula bench/train_step.py uses
         self.peak = device_peak_tflops(self.device)
 
@@ -259,15 +258,12 @@ class Trainer:
         self.log.bar.total = total
         self.log.bar.refresh()
 
-    def fit_to_budget(self, started: float, timed_from: tuple[int, float]) -> None:
-        """Once FIT_AFTER steps ran: the slowest rank's seconds per step since `timed_from` (past the
-        compile) set how many steps fit in max_minutes; every rank takes the same number."""
-        step0, t_step0 = timed_from
-        now = time.perf_counter()
-        times = torch.tensor([(now - t_step0) / (self.step - step0), now - started], device=self.device)
-        per_step, spent = self._all_reduce(times, dist.ReduceOp.MAX).tolist()
-        fit = max(self.step + 1, self.step + int(max(0.0, self.cfg.max_minutes * 60 - spent) / per_step))
-        self.fitted = True
+    def fit_to_budget(self, now: float) -> None:
+        """The slowest rank's seconds per step and seconds spent set how many steps fit in max_minutes
+        (omniseq/train/budget.py); every rank takes the same number."""
+        timing = torch.tensor(self.budget.timing(self.step, now), device=self.device)
+        per_step, spent = self._all_reduce(timing, dist.ReduceOp.MAX).tolist()
+        fit = steps_that_fit(self.step, self.total, per_step, spent, self.budget.seconds)
         if fit < self.total:
             self.log.write(f"max_minutes={self.cfg.max_minutes:g}: {per_step:.2f} s a step, so {fit} of "
                            f"{self.cfg.steps} steps fit; schedule rescaled")  # fmt: skip
@@ -277,7 +273,8 @@ class Trainer:
         common = {"step": self.step, "bad_steps": self.bad_steps, "vocab_hash": self.layout.hash,
                   "config": asdict(self.cfg), "stage": self.cfg.name,
                   "fitted_steps": self.total if self.total < self.cfg.steps else 0,
-                  "planned_steps": self.cfg.steps}  # fmt: skip
+                  "planned_steps": self.cfg.steps,
+                  "budget_spent_s": self.budget.spent(time.perf_counter()) if self.budget else 0.0}  # fmt: skip
         return ckpt.save(self.engine, self.ckpt_root, self.step, common, {"data": self.stream.state_dict()},
                          self.cfg.keep_last)  # fmt: skip
 
@@ -313,16 +310,14 @@ class Trainer:
         if self.resumed_from:
             self.log.write(f"resumed from {self.ckpt_root / self.resumed_from} at step {self.step}")
         tokens, t0, last = 0.0, time.perf_counter(), {}
-        started, timed_from = t0, None
+        if cfg.max_minutes:
+            self.budget = TimeBudget.begin(cfg.max_minutes, self.step, t0, self.spent_before)
         while self.step < self.total:
             last = self.train_step()
             tokens += last["train/tokens"]
             self.log.step()
-            if cfg.max_minutes and not self.fitted:
-                if timed_from is None and self.step >= COMPILE_STEPS:
-                    timed_from = (self.step, time.perf_counter())
-                elif timed_from is not None and self.step - timed_from[0] >= FIT_AFTER - COMPILE_STEPS:
-                    self.fit_to_budget(started, timed_from)
+            if self.budget and self.budget.due(self.step, now := time.perf_counter()):
+                self.fit_to_budget(now)
             if self.step % cfg.log_every == 0 or self.step == self.total:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()

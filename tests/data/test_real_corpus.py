@@ -117,6 +117,22 @@ def test_unchained_answers_are_the_media_alone(shared_data, tmp_path):
     assert convs and all([m["role"] for m in c["messages"]] == ["user", "user", "assistant"] for c in convs)
 
 
+def test_repeated_tasks_get_copies_with_their_own_prompts_in_train_only(shared_data, tmp_path):
+    cfg = small_config(shared_data, tmp_path / "r")
+    cfg.sets, cfg.repeats = ["esc10"], {"sound2text": 3}
+    rc.generate(cfg)
+    train = [c for c in lines(tmp_path / "r" / "sft.train.jsonl") if c["meta"]["task"] == "sound2text"]
+    evals = [c for c in lines(tmp_path / "r" / "sft.eval.jsonl") if c["meta"]["task"] == "sound2text"]
+    per_clip = {}
+    for c in train:
+        per_clip.setdefault(c["meta"]["id"], []).append(c["meta"]["prompt"])
+    assert len(per_clip) == SMALL["esc10"] and all(len(p) == 3 for p in per_clip.values())
+    assert len({p for ps in per_clip.values() for p in ps}) > 1  # prompts drawn per copy, not copied
+    assert len(evals) == SMALL["esc10"]  # held-out items once each
+    others = [c for c in lines(tmp_path / "r" / "sft.train.jsonl") if c["meta"]["task"] == "text2sound"]
+    assert len(others) == SMALL["esc10"]
+
+
 def test_corpora_read_through_the_data_pipeline_reader(corpus):
     index = json.loads((corpus / "index.json").read_text())
     for c in index["corpora"]:
@@ -167,3 +183,7 @@ def test_bad_config_is_rejected(tmp_path):
         rc.generate(rc.RealCorpusConfig(out=str(tmp_path), video_frames=17))
     with pytest.raises(rc.ConfigError, match="chain: 'text2digit_image' is not a media -> media task"):
         rc.generate(rc.RealCorpusConfig(out=str(tmp_path), chain=["text2digit_image"]))
+    with pytest.raises(rc.ConfigError, match="repeats: {'sound2txt': 2}"):
+        rc.generate(rc.RealCorpusConfig(out=str(tmp_path), repeats={"sound2txt": 2}))
+    with pytest.raises(rc.ConfigError, match="repeats: {'sound2text': 0}"):
+        rc.generate(rc.RealCorpusConfig(out=str(tmp_path), repeats={"sound2text": 0}))

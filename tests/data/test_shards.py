@@ -94,6 +94,24 @@ def test_pair_directions_follow_the_probability(shard_env):
     assert m["samples"] == 48
 
 
+def test_a_repeated_corpus_is_copied_each_copy_its_own_direction(shard_env, tmp_path):
+    cfg, layout = shard_env
+    one = replace(cfg, corpora=cfg.corpora[:1], out=str(tmp_path / "one"))
+    three = replace(one, corpora=[replace(cfg.corpora[0], repeat=3)], out=str(tmp_path / "three"))
+    m1, m3 = build_shards(one, progress=False), build_shards(three, progress=False)
+    assert m3["samples"] == 3 * m1["samples"] == 72
+    keys, dirs = set(), {}
+    for s in m3["shards"]:
+        for raw in iter_shard(str(Path(three.out) / s["file"])):
+            keys.add(raw["__key__"])
+            meta = json.loads(raw["json"])
+            dirs.setdefault(meta["source"], []).append(meta["direction"])
+    assert len(keys) == 72  # no copy overwrites another
+    assert all(len(d) == 3 for d in dirs.values()) and any(len(set(d)) == 2 for d in dirs.values())
+    with pytest.raises(DataError, match=r"corpora\[0\].repeat: expected an integer >= 1"):
+        build_shards(replace(one, corpora=[replace(cfg.corpora[0], repeat=0)]), progress=False)
+
+
 def test_bad_lines_and_media_are_skipped_counted_and_reported(shard_env, capsys):
     cfg, layout = shard_env
     d = Path(cfg.corpora[0].path).parent

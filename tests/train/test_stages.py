@@ -61,8 +61,9 @@ def test_resume_after_sigkill_gives_the_same_losses(train_world, tmp_path):
 
 def test_time_budget_shortens_the_schedule_on_every_rank(train_world, tmp_path):
     """max_minutes far below what 200 steps take: the stage fits its steps after FIT_AFTER of them, both
-    ranks stop at the same step, and the rescaled cosine still ends at min_lr."""
-    from omniseq.train.trainer import FIT_AFTER
+    ranks stop at the same step, and the rescaled cosine still ends at min_lr. Run again, it resumes from
+    the last checkpoint on the fitted schedule: done, where the planned 200 steps would train on."""
+    from omniseq.train.budget import FIT_AFTER
 
     cfg = stage_yaml(train_world, tmp_path / "run.yaml", steps=200, max_minutes=0.001, log_every=1)
     res = launch(cfg, nproc=2)
@@ -74,3 +75,6 @@ def test_time_budget_shortens_the_schedule_on_every_rank(train_world, tmp_path):
     assert len(lrs) == FIT_AFTER + 1
     assert lrs[-1] == pytest.approx(3e-3 * 0.1, rel=1e-3)  # stage_yaml's lr x the default min_lr_ratio
     assert max(lrs) > lrs[-1]  # it decayed there, from its peak
+    again = launch(cfg, nproc=2)
+    assert f"at step {FIT_AFTER + 1}" in again.stdout + again.stderr  # "resumed from ... at step 11"
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == FIT_AFTER + 1
