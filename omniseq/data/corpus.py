@@ -152,9 +152,7 @@ def pair_records(obj: dict, base: Path, where: str, cfg: PairConfig, rng: random
     return out
 
 
-def parse_record(
-    line: str, cfg: CorpusConfig, pair: PairConfig, lineno: int, seed: int, copy: int = 0
-) -> list[Record]:
+def parse_record(line: str, cfg: CorpusConfig, pair: PairConfig, lineno: int, seed: int, copy: int = 0) -> list[Record]:
     """One JSONL line -> its documents (two for a pair with both=true); `copy` numbers the copies of a
     repeated corpus (CorpusConfig.repeat), each a pair direction of its own. Raises CorpusError."""
     where = f"{cfg.path}:{lineno}"
