@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from omniseq.config import ConfigError, load_config
@@ -227,14 +228,18 @@ class Recipe:
 
     def stage_minutes(self, step: str) -> float:
         """The stage's share of train_minutes: its planned tokens over all four stages' planned tokens."""
-        tokens = {s: self._planned_tokens(s) for s in STAGES}
-        return self.cfg.train_minutes * tokens[step] / sum(tokens.values())
+        return self.cfg.train_minutes * self._planned_tokens[step] / sum(self._planned_tokens.values())
 
-    def _planned_tokens(self, step: str) -> int:
+    @cached_property
+    def _planned_tokens(self) -> dict[str, int]:
+        """steps x grad_accum x batch x seq_len of each stage, from its config (loaded once per recipe run)."""
         from omniseq.train.config import StageConfig
 
-        s = load_config(StageConfig, REPO / f"configs/stages/{STAGES[step]}.yaml", self._stage_overrides(step))
-        return s.steps * s.grad_accum * s.data.batch_size * s.data.seq_len
+        def tokens(step: str) -> int:
+            s = load_config(StageConfig, REPO / f"configs/stages/{STAGES[step]}.yaml", self._stage_overrides(step))
+            return s.steps * s.grad_accum * s.data.batch_size * s.data.seq_len
+
+        return {step: tokens(step) for step in STAGES}
 
     def _sample_config(self):
         from omniseq.sample.run import SampleConfig

@@ -20,7 +20,7 @@ def test_steps_that_fit_keeps_a_plan_that_fits_or_overruns_only_within_the_slack
 
 def test_an_overspent_budget_still_takes_one_more_step_and_never_adds_any():
     assert steps_that_fit(10, 200, 2.0, 150.0, 100.0) == 11
-    assert steps_that_fit(10, 12, 0.001, 0.0, 100.0) == 12
+    assert steps_that_fit(12, 12, 2.0, 150.0, 100.0) == 12  # overspent at the last step: no step past it
 
 
 def test_fits_are_due_after_fit_after_steps_then_every_refit_every():
