@@ -42,6 +42,7 @@ from omniseq.eval.harness import Item, load_items
 from omniseq.eval.metrics import edit_distance
 from omniseq.model.transformer import Transformer
 from omniseq.sample.generate import prompt_ids
+from omniseq.sample.guidance import uncond_prompt
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
 from omniseq.sample.sampling import GuidanceConfig
 from omniseq.tokenizers.audio_io import load_audio
@@ -78,6 +79,9 @@ class RealEvalConfig:
     data: str = str(DEFAULT_DATA)  # the real sets, for training the scorers (their train split only)
     scorers: str = "runs/real/scorers"  # the scorers' cache: trained once, reused while the data is unchanged
     per_direction: int = 50  # held-out items per task
+    # held-out items per candidate-ranked task (emoji naming); 0 = every one. Ranking costs one forward pass per
+    # item, and 40 items cannot tell a 20% hit rate from the 10% chance clearly (9 of 40: p 0.016)
+    ranked_per_direction: int = 0
     tasks: list[str] = field(default_factory=list)  # only these tasks (names as in sft.eval.jsonl); [] = all
     text_tokens: int = 32  # answer budget of the *2text tasks (labels are a few words; LJ sentences more)
     references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows: random
@@ -126,23 +130,29 @@ def budget(item: Item, layout, text_tokens: int) -> int:
 
 @torch.no_grad()
 def rank_candidates(session: SamplingSession, item: Item) -> int:
-    """Index of the candidate answer with the highest log-likelihood after the prompt (summed over its
-    tokens and the turn's closing <|end|>)."""
+    """Index of the candidate answer the prompt's media makes most likely: its log-likelihood after the prompt
+    (summed over its tokens and the turn's closing <|end|>) minus its log-likelihood after the prompt's
+    unconditional twin (`uncond_prompt`: the user's turn as one <|uncond|>, as training's condition dropout
+    shows it). The difference is the pointwise mutual information of the answer and the prompt (domain-
+    conditional PMI, Holtzman et al. 2021): the plain likelihood favours names that are likely anyway (short,
+    common words) whatever the picture. Measured on the f1-cpu checkpoint: animated emoji 7.5% by likelihood,
+    22.5% so; static emoji 14% either way (chance 10%; docs/benchmarks.md)."""
     prompt = prompt_ids(session.codec, item.prompt)
-    rows = []
-    for cand in item.meta["candidates"]:
-        full = session.codec.encode([*item.prompt, Segment("text", text=cand, role="assistant")]).ids[:-1]
-        rows.append(np.asarray(full, np.int64))  # drop <eos>; the answer is full[len(prompt):]
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    twin = uncond_prompt(session.layout, prompt)
+    # <bos> <|assistant|> name <|end|> <eos> -> name <|end|>: both prompts end with <|assistant|>
+    names = item.meta["candidates"]
+    answers = [session.codec.encode([Segment("text", text=c, role="assistant")]).ids[2:-1] for c in names]
+    rows = [np.concatenate([p, a]).astype(np.int64) for p in (prompt, twin) for a in answers]
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
     for b, r in enumerate(rows):
         ids[b, : len(r)] = torch.from_numpy(r)
-    logp = torch.log_softmax(session.model(ids.to(session.device)).float(), -1).cpu()  # [K, T, V]
+    logp = torch.log_softmax(session.model(ids.to(session.device)).float(), -1).cpu()  # [2K, T, V]
     scores = []
-    for b, r in enumerate(rows):
-        pos = torch.arange(len(prompt) - 1, len(r) - 1)
-        scores.append(float(logp[b, pos, torch.from_numpy(r[len(prompt) :])].sum()))
-    return int(np.argmax(scores))
+    for b, (p, a) in enumerate((p, a) for p in (prompt, twin) for a in answers):
+        pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+        scores.append(float(logp[b, pos, torch.from_numpy(a.astype(np.int64))].sum()))
+    K = len(answers)
+    return int(np.argmax(np.subtract(scores[:K], scores[K:])))
 
 
 def generated_answers(session: SamplingSession, items: list[Item], text_tokens: int) -> list[tuple[str, object]]:
@@ -150,20 +160,29 @@ def generated_answers(session: SamplingSession, items: list[Item], text_tokens: 
     transcript or label, a drawing, or a chained answer's label and drawing."""
     prompts = [Prompt(it.prompt, forced(it)) for it in items]
     budgets = [budget(it, session.layout, text_tokens) for it in items]
-    ids, out = [None] * len(items), [None] * len(items)
     guidance = session.cfg.generate.sampling.guidance
-    for chain in (False, True):
-        rows = [i for i, it in enumerate(items) if chained(it) == chain]
-        # A chained answer's media is generated unguided: the unconditional rows share everything generated
-        # (omniseq.sample.guidance), the named label included, so guidance would amplify what the spoken clip
-        # adds beyond the label, not the digit. Measured on one checkpoint: 19% guided, 34% unguided.
-        session.cfg.generate.sampling.guidance = GuidanceConfig(1.0, 1.0, 1.0) if chain else guidance
-        try:
-            got = session.generate([prompts[i] for i in rows], [budgets[i] for i in rows]) if rows else ([], [])
-        finally:
-            session.cfg.generate.sampling.guidance = guidance
-        for i, p, o in zip(rows, *got):
-            ids[i], out[i] = p, o
+    chain = [i for i, it in enumerate(items) if chained(it)]
+    # A chained answer is said unguided first (its words are text: guidance never touches them), then its
+    # media is drawn after those words, guided against the turn's twin without them (SamplingSession.
+    # media_after_words). Measured on the f1-cpu checkpoint, spoken digit -> image: 12% in one unguided pass,
+    # 45% so (docs/benchmarks.md).
+    session.cfg.generate.sampling.guidance = GuidanceConfig(1.0, 1.0, 1.0)
+    try:
+        first = session.generate([prompts[i] for i in chain], [budgets[i] for i in chain])
+    finally:
+        session.cfg.generate.sampling.guidance = guidance
+    rest = [i for i in range(len(items)) if i not in set(chain)]
+    ids, out = [None] * len(items), [None] * len(items)
+    for i, p, o in zip(rest, *session.generate([prompts[i] for i in rest], [budgets[i] for i in rest])):
+        ids[i], out[i] = p, o
+    if chain:
+        dst = [KIND_MODALITY[split_task(items[i].task)[1]] for i in chain]
+        for m in sorted(set(dst)):
+            rows = [k for k, d in enumerate(dst) if d == m]
+            drawn = session.media_after_words([first[0][k] for k in rows], [first[1][k] for k in rows], m,
+                                              [budget(items[chain[k]], session.layout, 0) for k in rows])  # fmt: skip
+            for k, o in zip(rows, drawn):
+                ids[chain[k]], out[chain[k]] = first[0][k], o
     answers = []
     for item, p, o in zip(items, ids, out):
         answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"]
@@ -270,12 +289,23 @@ def fitting_items(session: SamplingSession, items: list[Item], text_tokens: int)
     return keep, dict(skipped)
 
 
+def held_out_items(cfg: RealEvalConfig) -> list[Item]:
+    """The first per_direction held-out items of each task (ranked_per_direction for the ranked tasks)."""
+    ranked = cfg.ranked_per_direction or 1 << 30
+    items, taken = [], defaultdict(int)
+    for it in load_items(cfg.corpus, max(cfg.per_direction, ranked)):
+        taken[it.task] += 1
+        if taken[it.task] <= (ranked if it.task in CANDIDATE_TASKS else cfg.per_direction):
+            items.append(it)
+    return items
+
+
 def evaluate(cfg: RealEvalConfig) -> dict:
     from omniseq.eval.real_scorers import load_or_train
 
     t0 = time.perf_counter()
     session = SamplingSession(cfg.sample)
-    items = load_items(cfg.corpus, cfg.per_direction)
+    items = held_out_items(cfg)
     known = sorted({it.task for it in items})
     if unknown := sorted(set(cfg.tasks) - set(known)):
         raise ConfigError(f"tasks: {unknown} not in {cfg.corpus}/sft.eval.jsonl; it has {known}")

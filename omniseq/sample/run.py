@@ -22,11 +22,12 @@ from omniseq.config import ConfigError
 from omniseq.document import DocumentCodec, Segment, segment_from_json
 from omniseq.model.precision import use_bf16
 from omniseq.sample.generate import GenerateConfig, generate, prompt_ids
+from omniseq.sample.guidance import uncond_prompt
 from omniseq.sample.render import render
 from omniseq.tokenizers.base import load_tokenizer
 from omniseq.tokenizers.text import TextTokenizer
 from omniseq.train.checkpoint import load_export
-from omniseq.vocab import MEDIA
+from omniseq.vocab import MEDIA, OPEN
 
 
 @dataclass
@@ -113,22 +114,58 @@ class SamplingSession:
         self, prompts: list[Prompt], budgets: list[int] | None = None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(prompt ids, generated ids) per prompt, in batches of cfg.batch_size; `budgets` caps each row."""
-        cfg, ids = self.cfg, [self.ids_of(p) for p in prompts]
+        ids = [self.ids_of(p) for p in prompts]
+        seeds = [p.seed if p.seed is not None else self.cfg.generate.seed + i for i, p in enumerate(prompts)]
+        return ids, self.generate_ids(ids, budgets, [p.force for p in prompts], seeds)
+
+    def generate_ids(
+        self,
+        ids: list[np.ndarray],
+        budgets: list[int] | None = None,
+        force: list[str | None] | None = None,
+        seeds: list[int] | None = None,
+        uncond: list[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """`generate` on prompt ids: per row its budget, forced modality, seed (default cfg.generate.seed + row)
+        and unconditional twin for guidance (default `uncond_prompt` of the row)."""
+        cfg = self.cfg
+        if not ids:
+            return []
         room = self.model.cfg.max_seq_len - max(len(p) for p in ids)
         if room <= 0:
             longest = int(np.argmax([len(p) for p in ids]))
             raise ConfigError(f"prompt {longest} has {len(ids[longest])} tokens; the model's context is "
                               f"{self.model.cfg.max_seq_len}")  # fmt: skip
         gen_cfg = GenerateConfig(**{**cfg.generate.__dict__, "max_new_tokens": min(cfg.generate.max_new_tokens, room)})
+        budgets = budgets or [gen_cfg.max_new_tokens] * len(ids)
+        force = force or [None] * len(ids)
+        seeds = seeds or [cfg.generate.seed + i for i in range(len(ids))]
         out = []
-        for i in range(0, len(prompts), cfg.batch_size):
-            batch = prompts[i : i + cfg.batch_size]
-            seeds = [p.seed if p.seed is not None else cfg.generate.seed + i + j for j, p in enumerate(batch)]
-            rows = budgets[i : i + cfg.batch_size] if budgets else [gen_cfg.max_new_tokens] * len(batch)
-            out += generate(self.model, self.layout, ids[i : i + cfg.batch_size], gen_cfg,
-                            force=[p.force for p in batch], seeds=seeds, device=self.device,
-                            budgets=[min(r, gen_cfg.max_new_tokens) for r in rows])  # fmt: skip
-        return ids, out
+        for i in range(0, len(ids), cfg.batch_size):
+            part = slice(i, i + cfg.batch_size)
+            out += generate(self.model, self.layout, ids[part], gen_cfg, force=force[part], seeds=seeds[part],
+                            budgets=[min(r, gen_cfg.max_new_tokens) for r in budgets[part]],
+                            uncond_prompts=uncond[part] if uncond else None, device=self.device)  # fmt: skip
+        return out
+
+    def media_after_words(
+        self, ids: list[np.ndarray], said: list[np.ndarray], modality: str, budgets: list[int]
+    ) -> list[np.ndarray]:
+        """A chained answer's media ("seven. " and then the drawing): the `modality` span generated after what
+        the assistant said first (`said`: generated ids; cut before its first span or the end of its turn),
+        guided against the turn's twin *without* those words. In one pass the twin rows share every generated
+        token, the named label included, so guidance would amplify what the prompt adds beyond the label (the
+        speaker, not the digit); this twin is the one a plain text -> media turn has (`uncond_prompt` of the
+        user's turn), which training's condition dropout makes. Returns the words and the span, per row."""
+        stops = {self.layout.id(n) for n in ("<|end|>", "<eos>")} | {self.layout.id(OPEN[m]) for m in self.codec.media}
+        words = []
+        for s in said:
+            cut = np.flatnonzero(np.isin(s, list(stops)))
+            words.append(s[: cut[0]] if cut.size else s)
+        prompts = [np.concatenate([p, w]) for p, w in zip(ids, words)]
+        twins = [uncond_prompt(self.layout, p) for p in ids]
+        spans = self.generate_ids(prompts, budgets, [modality] * len(ids), uncond=twins)
+        return [np.concatenate([w, o]) for w, o in zip(words, spans)]
 
     def run(self, prompts: list[Prompt], out_dir: str | Path | None = None) -> dict:
         ids, out = self.generate(prompts)
