@@ -157,13 +157,14 @@ class SamplingSession:
         token, the named label included, so guidance would amplify what the prompt adds beyond the label (the
         speaker, not the digit); this twin is the one a plain text -> media turn has (`uncond_prompt` of the
         user's turn), which training's condition dropout makes. Returns the words and the span, per row."""
-        stops = {self.layout.id(n) for n in ("<|end|>", "<eos>")} | {self.layout.id(OPEN[m]) for m in self.codec.media}
+        L = self.layout
+        stops = [L.id("<|end|>"), L.id("<eos>"), *(L.id(OPEN[m]) for m in MEDIA if m in L.codebooks)]
         words = []
         for s in said:
-            cut = np.flatnonzero(np.isin(s, list(stops)))
+            cut = np.flatnonzero(np.isin(s, stops))
             words.append(s[: cut[0]] if cut.size else s)
         prompts = [np.concatenate([p, w]) for p, w in zip(ids, words)]
-        twins = [uncond_prompt(self.layout, p) for p in ids]
+        twins = [uncond_prompt(L, p) for p in ids]
         spans = self.generate_ids(prompts, budgets, [modality] * len(ids), uncond=twins)
         return [np.concatenate([w, o]) for w, o in zip(words, spans)]
 

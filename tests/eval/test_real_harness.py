@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,16 +14,22 @@ from omniseq.config import load_config
 from omniseq.document import DocumentCodec, Segment
 from omniseq.eval.harness import Item
 from omniseq.eval.real import (
+    RealEvalConfig,
     budget,
     chance,
     chance_tail,
     forced,
+    held_out_items,
     normalise,
     rank_candidates,
     split_task,
     word_accuracy,
 )
 from omniseq.recipe import SHARD_SETS, STAGES, RecipeConfig
+from omniseq.sample.generate import CachelessDecoder, GenerateConfig, prompt_ids
+from omniseq.sample.guidance import uncond_prompt
+from omniseq.sample.run import SampleConfig, SamplingSession
+from omniseq.sample.sampling import GuidanceConfig, SamplingConfig
 from omniseq.train.config import StageConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,31 +77,50 @@ def test_chance_tail_is_the_binomial_tail():
 
 
 class PlantedModel:
-    """Logits that favour the token ids of one answer text: the ranking must pick that answer."""
+    """Logits that favour one answer's token ids when the prompt holds its condition (no `<|uncond|>` in the
+    row), and a common answer's ids in every row, far more strongly: the likelihood alone picks the common answer,
+    the ranking (likelihood against the twin's) must pick the one the condition raises."""
 
-    def __init__(self, codec: DocumentCodec, favoured: str):
-        self.V = codec.layout.size
-        self.bonus = torch.zeros(self.V)
-        self.bonus[torch.as_tensor(codec.text.encode(favoured))] = 8.0
-        self.calls = 0
+    def __init__(self, codec: DocumentCodec, favoured: str, common: str):
+        self.V, self.uncond = codec.layout.size, codec.layout.id("<|uncond|>")
+        self.raised, self.anyway = torch.zeros(self.V), torch.zeros(self.V)
+        self.raised[torch.as_tensor(codec.text.encode(favoured))] = 4.0
+        self.anyway[torch.as_tensor(codec.text.encode(common))] = 30.0  # outweighs any difference in length
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.bonus.expand(*ids.shape, self.V).clone()
+        cond = ~(ids == self.uncond).any(1)  # [B]
+        logits = self.anyway + cond[:, None].float() * self.raised  # [B, V]
+        return logits[:, None, :].expand(*ids.shape, self.V).clone()
 
 
-@pytest.mark.parametrize("favoured", CANDIDATES)
-def test_rank_candidates_picks_the_most_likely_answer(tiny_layout, text_tokenizer, favoured):
+def session_of(layout, codec, model, **cfg) -> SamplingSession:
+    """A SamplingSession around an in-memory model (no export on disk)."""
+    session = object.__new__(SamplingSession)
+    session.cfg, session.layout, session.codec = SampleConfig(**cfg), layout, codec
+    session.model, session.device = model, torch.device("cpu")
+    return session
+
+
+@pytest.mark.parametrize("favoured", CANDIDATES[1:])
+def test_rank_candidates_picks_the_answer_the_prompt_raises_not_the_likeliest(tiny_layout, text_tokenizer, favoured):
     codec = DocumentCodec(tiny_layout, text_tokenizer)
-    session = SimpleNamespace(codec=codec, model=PlantedModel(codec, favoured), device=torch.device("cpu"))
+    common = CANDIDATES[0]
+    session = session_of(tiny_layout, codec, PlantedModel(codec, favoured, common))
     item = Item("emoji2text", "emoji", [Segment("text", text="what emoji is this?", role="user")],
                 {"candidates": CANDIDATES, "label": favoured})  # fmt: skip
     assert CANDIDATES[rank_candidates(session, item)] == favoured
+    # the plain likelihood after the prompt (no twin) picks the common answer: the test would catch its return
+    head = prompt_ids(codec, item.prompt)
+    logp = torch.log_softmax(session.model(torch.as_tensor(head[None]))[0, -1], -1)
+    answers = [
+        codec.encode([*item.prompt, Segment("text", text=c, role="assistant")]).ids[len(head) : -1] for c in CANDIDATES
+    ]
+    assert CANDIDATES[int(np.argmax([float(logp[torch.as_tensor(a)].sum()) for a in answers]))] == common
 
 
 def test_rank_candidates_batched_scores_equal_one_by_one(tiny_layout, text_tokenizer):
-    """Right-padding the candidates into one batch must not change any candidate's score: compare with a
-    real (random) transformer scoring each candidate alone."""
+    """Right-padding the candidates and their twins into one batch must not change any score: compare with a
+    real (random) transformer scoring each candidate alone, after the prompt and after its twin."""
     from omniseq.model.config import model_config
     from omniseq.model.transformer import Transformer
 
@@ -102,18 +128,77 @@ def test_rank_candidates_batched_scores_equal_one_by_one(tiny_layout, text_token
     model = Transformer.build(model_config("tiny", tiny_layout.size)).eval()
     codec = DocumentCodec(tiny_layout, text_tokenizer)
     prompt = [Segment("text", text="what emoji is this?", role="user")]
-    session = SimpleNamespace(codec=codec, model=model, device=torch.device("cpu"))
-    alone = []
-    for cand in CANDIDATES:
-        one = Item("emoji2text", "emoji", prompt, {"candidates": [cand, cand], "label": cand})
-        full = codec.encode([*prompt, Segment("text", text=cand, role="assistant")]).ids[:-1]
+    session = session_of(tiny_layout, codec, model)
+    head = prompt_ids(codec, prompt)
+
+    def logp_after(ctx: np.ndarray, answer: np.ndarray) -> float:
+        full = torch.as_tensor(np.concatenate([ctx, answer])[None], dtype=torch.long)
         with torch.no_grad():
-            logp = torch.log_softmax(model(torch.as_tensor(full[None], dtype=torch.long)), -1)[0]
-        n = len(full) - len(codec.encode(prompt).ids)  # answer tokens after <|assistant|>
-        alone.append(float(logp[torch.arange(len(full) - n - 1, len(full) - 1), torch.as_tensor(full[-n:])].sum()))
-        assert rank_candidates(session, one) == 0
+            logp = torch.log_softmax(model(full), -1)[0]
+        return float(logp[torch.arange(len(ctx) - 1, full.shape[1] - 1), torch.as_tensor(answer)].sum())
+
+    pmi = []
+    for cand in CANDIDATES:
+        answer = codec.encode([*prompt, Segment("text", text=cand, role="assistant")]).ids[len(head) : -1]
+        pmi.append(logp_after(head, answer) - logp_after(uncond_prompt(tiny_layout, head), answer))
+        assert rank_candidates(session, Item("emoji2text", "emoji", prompt, {"candidates": [cand, cand]})) == 0
     item = Item("emoji2text", "emoji", prompt, {"candidates": CANDIDATES, "label": CANDIDATES[0]})
-    assert rank_candidates(session, item) == int(np.argmax(alone))
+    assert rank_candidates(session, item) == int(np.argmax(pmi))
+
+
+class Recording:
+    """A full-sequence forward that records the rows of the first call (the prefill) and favours image code 0
+    in every row, so that a span follows quickly."""
+
+    def __init__(self, layout):
+        self.layout, self.rows = layout, None
+        self.cfg = SimpleNamespace(max_seq_len=128)
+
+    def __call__(self, ids):
+        if self.rows is None:
+            self.rows = ids.clone()
+        logits = torch.zeros(*ids.shape, self.layout.size)
+        logits[..., self.layout.code_range("image")[0]] = 5.0
+        return logits
+
+
+def test_media_after_words_keeps_the_words_and_guides_against_the_twin_without_them(tiny_layout, text_tokenizer):
+    L, codec = tiny_layout, DocumentCodec(tiny_layout, text_tokenizer)
+    forward = Recording(L)
+    model = CachelessDecoder(forward)
+    model.cfg = forward.cfg
+    sampling = SamplingConfig(guidance=GuidanceConfig(image=3.0))
+    session = session_of(L, codec, model, batch_size=4, generate=GenerateConfig(progress=False, sampling=sampling))
+    prompt = prompt_ids(codec, [Segment("text", text="draw the digit you hear", role="user")])
+    words = np.asarray(text_tokenizer.encode("seven. "), np.int64)
+    image = L.code_range("image")[0]
+    said = [
+        np.concatenate([words, [L.id("<|image|>"), image]]),  # cut before the span it opened
+        np.concatenate([words, [L.id("<|end|>")]]),
+        words,
+    ]  # before the end of the turn; or all of it
+    out = session.media_after_words([prompt] * 3, said, "image", [L.codebook("image").tokens_per_frame() + 2] * 3)
+    twin = uncond_prompt(L, prompt)
+    rows = forward.rows.numpy()
+    for b, o in enumerate(out):
+        assert np.array_equal(o[: len(words)], words)
+        spans = [seg for seg in L.parse(np.concatenate([prompt, o])) if seg.modality == "image"]
+        assert len(spans) == 1 and o[len(words)] == L.id("<|image|>")
+        assert np.array_equal(rows[b, : len(prompt) + len(words)], np.concatenate([prompt, words]))
+        assert np.array_equal(rows[3 + b, : len(twin)], twin)  # the twin: no words
+        assert not np.isin(words, rows[3 + b, : len(twin)]).any()
+
+
+def test_held_out_items_rank_every_emoji_and_cap_the_rest(tmp_path):
+    lines = [{"messages": [{"role": "user", "text": f"q{i}"}, {"role": "assistant", "text": "a"}],
+              "meta": {"task": task, "kind": "emoji", "label": "a", "candidates": ["a", "b"]}}
+             for task in ("emoji2text", "digit_image2text") for i in range(5)]  # fmt: skip
+    (tmp_path / "sft.eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = RealEvalConfig(corpus=str(tmp_path), per_direction=2)
+    count = lambda items: {t: sum(it.task == t for it in items) for t in ("emoji2text", "digit_image2text")}  # noqa: E731
+    assert count(held_out_items(cfg)) == {"emoji2text": 5, "digit_image2text": 2}
+    cfg.ranked_per_direction = 3
+    assert count(held_out_items(cfg)) == {"emoji2text": 3, "digit_image2text": 2}
 
 
 @pytest.mark.parametrize("recipe", ["real_small_cpu.yaml", "real_small.yaml"])
