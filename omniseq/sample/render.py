@@ -13,7 +13,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 import soundfile as sf
 from PIL import Image
@@ -47,6 +46,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         raise ValueError(f"video decoder returned {frames.dtype} {frames.shape}, expected uint8 [T, H, W, 3]")
     h, w = frames.shape[1], frames.shape[2]
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    import av  # here, not at the top: rendering text, images and audio needs no PyAV (docs/dependencies.md)
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=max(1, round(fps)))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"

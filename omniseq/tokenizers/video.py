@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -69,6 +68,8 @@ def read_video(source: Any, cfg: FrameVideoConfig) -> tuple[np.ndarray, np.ndarr
     p = Path(spec)
     if not p.is_file():
         raise MediaError(p, "video file not found")
+    import av  # here, not at the top: npz clips and images need no PyAV (docs/dependencies.md)
+
     frames, times = [], []
     try:
         with av.open(str(p)) as container:
@@ -134,6 +135,8 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    import av
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=max(1, round(fps)))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
