@@ -96,6 +96,21 @@ def test_cache_is_reused_without_retraining(tiny, name, monkeypatch):
         rs.load_or_train(name, SHARED_DATA, cache, seed=1, overrides=TINY)
 
 
+@pytest.mark.parametrize("name", list(rs.SCORERS))
+def test_cache_scores_without_its_data_only_for_the_same_setting(tiny, name, tmp_path, monkeypatch):
+    """A machine without the sets (the GPU machine) uses a cache of the same config and seed, unchecked."""
+    scorer, report, cache, eval_x = tiny[name]
+    monkeypatch.setattr(rs.Scorer, "fit", lambda *a, **k: pytest.fail("retrained without data"))
+    again, second = rs.load_or_train(name, tmp_path / "absent", cache, seed=0, overrides=TINY)
+    assert second["cached"] is True and second["data_checked"] is False
+    assert second["eval_accuracy"] == report["eval_accuracy"]
+    assert again.predict(eval_x) == scorer.predict(eval_x)
+    with pytest.raises(MissingDataError, match="absent"):  # another seed: the cache is not this scorer
+        rs.load_or_train(name, tmp_path / "absent", cache, seed=1, overrides=TINY)
+    with pytest.raises(MissingDataError, match="absent"):  # another config
+        rs.load_or_train(name, tmp_path / "absent", cache, seed=0, overrides=("epochs=2", "limit=32"))
+
+
 def test_training_is_deterministic_by_seed(shared_data, tmp_path):
     a, _ = rs.load_or_train("digit_image", shared_data, tmp_path / "a", seed=3, overrides=("epochs=1", "limit=128"))
     b, _ = rs.load_or_train("digit_image", shared_data, tmp_path / "b", seed=3, overrides=("epochs=1", "limit=128"))
