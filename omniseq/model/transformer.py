@@ -184,6 +184,15 @@ class Transformer(nn.Module):
                 module.reset_parameters()
         self.reset_rope()
 
+    def _apply(self, fn, recurse=True):
+        """Module.to / .bfloat16 / .half cast the weights, never the RoPE tables: training keeps them fp32
+        (DeepSpeed casts parameters only), and bf16 tables would shift every angle by up to 2^-9 at sampling."""
+        super()._apply(fn, recurse)
+        if self.rope_cos.dtype != torch.float32:
+            self.rope_cos, self.rope_sin = self.rope_cos.float(), self.rope_sin.float()
+            self.reset_rope()  # recomputed: the cast already rounded the values
+        return self
+
     @torch.no_grad()
     def reset_rope(self) -> None:
         """Recompute the RoPE tables (non-persistent buffers are garbage after meta construction)."""

@@ -144,3 +144,18 @@ def test_parameter_count_matches_the_module():
         model = Transformer.build(cfg)
         assert cfg.num_params() == sum(p.numel() for p in model.parameters())
         assert cfg.num_params(embedding=False) == cfg.num_params() - (0 if tied else V * cfg.dim)
+
+
+def test_rope_tables_stay_fp32_when_the_weights_are_cast():
+    """Training keeps the tables fp32 (DeepSpeed casts parameters only): a bf16 model for sampling must too."""
+    from omniseq.model.transformer import rope_tables
+
+    model = tiny()
+    exact = rope_tables(model.cfg)
+    built = Transformer.build(model.cfg, dtype=torch.bfloat16)
+    loaded = Transformer.from_state_dict(model.cfg, dict(model.state_dict()), dtype=torch.bfloat16)
+    for m in (model.to(torch.bfloat16), built, loaded, tiny().half()):
+        assert m.embed.weight.dtype in (torch.bfloat16, torch.float16)
+        for table, want in zip((m.rope_cos, m.rope_sin), exact):
+            assert table.dtype == torch.float32
+            torch.testing.assert_close(table, want, rtol=0, atol=0)
