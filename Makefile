@@ -91,7 +91,7 @@ eval: setup  ## the any-to-any evaluation table of CKPT on the demo world
 	$(PY) -m omniseq.eval --checkpoint $(CKPT) corpus=$(RUN)/corpus out=$(RUN)/eval $(TOKS) $(ARGS)
 
 REAL_RUN ?= runs/real
-real: setup  ## the real-media recipe on ../shared/data (one H200, ~20 min): configs/recipes/real_small.yaml
+real: setup  ## the real-media recipe on ../shared/data (one H200, <= 30 min goal): configs/recipes/real_small.yaml
 	$(PY) -m omniseq.recipe --config configs/recipes/real_small.yaml --out $(REAL_RUN) $(ARGS)
 
 real-cpu: setup  ## the same recipe sized for the 2-core CPU machine (<= 30 min): real_small_cpu.yaml

@@ -220,6 +220,7 @@ class Scorer:
     def save(self, directory: str | Path, extra: dict | None = None) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / "scorer.json").unlink(missing_ok=True)  # written last: never old metadata beside new weights
         save_file(self.net.state_dict(), str(directory / "model.safetensors"))
         config = dataclasses.asdict(self.cfg)
         meta = {"name": self.name, "format": FORMAT, "labels": list(self.labels), "config": config}
@@ -389,7 +390,7 @@ def load_or_train(
     seconds, cached}: loaded from cache_dir/<name> when its fingerprint (data bytes, config, seed, FORMAT)
     matches, else trained on the train split, scored on the eval split and saved there.
 
-    Where `data` is absent, a cached scorer of the same config, seed and FORMAT is used as it is (its data
+    Where the `data` folder is absent, a cached scorer of the same config, seed and FORMAT is used as it is (its data
     unchecked: the report says `data_checked: false`): scorers trained on the CPU machine score a run on a
     GPU machine that has no copy of the sets. Without such a cache, MissingDataError names the missing file.
 
@@ -404,12 +405,9 @@ def load_or_train(
     directory = Path(cache_dir) / name
     meta_path = directory / "scorer.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    try:
-        train_x, train_y, eval_x, eval_y, files = kind.read(Path(data))
-    except real_sets.MissingDataError:
-        if meta.get("setting") != setting:
-            raise
+    if not Path(data).exists() and meta.get("setting") == setting:  # a data folder with a file missing still fails
         return kind.load(directory), {**meta["report"], "cached": True, "data_checked": False}
+    train_x, train_y, eval_x, eval_y, files = kind.read(Path(data))  # MissingDataError when absent
     fingerprint = hashlib.sha256(f"{setting}|{file_digest(files)}".encode()).hexdigest()
     if meta.get("fingerprint") == fingerprint:
         return kind.load(directory), {**meta["report"], "cached": True}

@@ -109,6 +109,9 @@ def test_cache_scores_without_its_data_only_for_the_same_setting(tiny, name, tmp
         rs.load_or_train(name, tmp_path / "absent", cache, seed=1, overrides=TINY)
     with pytest.raises(MissingDataError, match="absent"):  # another config
         rs.load_or_train(name, tmp_path / "absent", cache, seed=0, overrides=("epochs=2", "limit=32"))
+    (tmp_path / "incomplete").mkdir()  # a data folder that exists but lacks the set is an error, not the cache
+    with pytest.raises(MissingDataError, match="incomplete"):
+        rs.load_or_train(name, tmp_path / "incomplete", cache, seed=0, overrides=TINY)
 
 
 def test_training_is_deterministic_by_seed(shared_data, tmp_path):
