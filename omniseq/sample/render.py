@@ -18,6 +18,7 @@ import soundfile as sf
 from PIL import Image
 
 from omniseq.document import DocumentCodec
+from omniseq.tokenizers import video as video_io
 from omniseq.vocab import ROLES, DecodeError
 
 EXT = {"image": "png", "audio": "wav", "video": "mp4"}
@@ -40,22 +41,11 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """uint8 [T, H, W, 3] -> H.264 MP4 (PyAV). Odd sizes are padded by one pixel: yuv420p needs even."""
+    """A decoder's uint8 [T, H, W, 3] frames -> H.264 MP4 (omniseq.tokenizers.video.write_mp4), checked first."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
         raise ValueError(f"video decoder returned {frames.dtype} {frames.shape}, expected uint8 [T, H, W, 3]")
-    h, w = frames.shape[1], frames.shape[2]
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    import av  # here, not at the top: rendering text, images and audio needs no PyAV (docs/dependencies.md)
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=max(1, round(fps)))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    video_io.write_mp4(frames, path, fps)
 
 
 def _sample_rate(tok) -> int:
