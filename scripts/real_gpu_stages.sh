@@ -7,7 +7,7 @@
 # (default: the training minutes + 6 min of stage start-ups, samples and eval); WHEELS: a folder of wheels
 # to install first (a machine without a package index); DEST: where the packed files are (transfer);
 # STAGE_EXTRA: more stage overrides (space-separated key=value, no commas); RECIPE_EXTRA: one more recipe
-# argument. The scorers come from their cache (no data folder there). A failed run (not one out of time) is
+# argument. Stages save only at their end. The scorers come from their cache (no data folder there). A failed run (not one out of time) is
 # retried once with SDPA attention instead of FlexAttention.
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
@@ -32,14 +32,17 @@ echo "unpacked at $(el) s" | tee -a "$OUT/env.txt"
 if [ "$packed_at" != "$(realpath "$RUN")" ] && [ ! -e "$packed_at" ]; then
   mkdir -p "$(dirname "$packed_at")" && ln -s "$(realpath "$RUN")" "$packed_at"
 fi
-RECIPE=(python3 -m omniseq.recipe --config configs/recipes/real_small.yaml --out "$RUN" data=/nonexistent)
+CONFIG=configs/recipes/real_small.yaml
+RECIPE=(python3 -m omniseq.recipe --config $CONFIG --out "$RUN" data=/nonexistent)
+# the recipe's own stage overrides, then this script's (a list override replaces the whole list)
+BASE_STAGE=$(python3 -c "from omniseq.config import load_config; from omniseq.recipe import RecipeConfig
+print(' '.join(load_config(RecipeConfig(), '$CONFIG', []).stage_overrides))") || exit 1
 join() { local IFS=,; echo "$*"; }
 run_recipe() {  # $1: training minutes; $2...: extra stage overrides
   local minutes=$1; shift
   local left=$(( LIMIT - $(el) ))
   [ $left -gt 0 ] || { echo "=== no time left (LIMIT=$LIMIT s)" | tee -a "$OUT/recipe.log"; return 124; }
-  timeout --signal=TERM $left "${RECIPE[@]}" "stage_overrides=[$(join model_size=125M data.seq_len=1024 \
-    data.batch_size=32 data.options.num_workers=2 optim.lr=6.0e-4 compile=false save_every=100000 $STAGE_EXTRA "$@")]" \
+  timeout --signal=TERM $left "${RECIPE[@]}" "stage_overrides=[$(join $BASE_STAGE save_every=100000 $STAGE_EXTRA "$@")]" \
     train_minutes="$minutes" eval_per_direction="${EVAL_N:-60}" 'eval_overrides=["references=[]", "sample.batch_size=64"]' \
     ${RECIPE_EXTRA:+"$RECIPE_EXTRA"} 2>&1 | tee -a "$OUT/recipe.log"
   return "${PIPESTATUS[0]}"
