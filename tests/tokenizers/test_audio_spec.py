@@ -63,9 +63,10 @@ def sine() -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 330 * np.arange(int(0.7 * SR)) / SR)).astype(np.float32)
 
 
+@pytest.mark.parametrize("domain", ["stft", "mel"])
 @pytest.mark.parametrize("flatten", FLATTENINGS)
-def test_encode_decode_shapes_and_vocab_round_trip(flatten, sine):
-    tok = initialised(tiny_cfg(flatten=flatten))
+def test_encode_decode_shapes_and_vocab_round_trip(flatten, domain, sine):
+    tok = initialised(tiny_cfg(flatten=flatten, domain=domain))
     codes = tok.encode(sine, sample_rate=SR)
     frames = int(np.ceil(len(sine) / tok.cfg.hop))
     assert codes.shape == (2, frames) and codes.dtype == np.int64
@@ -123,13 +124,16 @@ def test_invalid_config_names_the_key():
         SpecAudioTokenizer(tiny_cfg(frame_rate=7))
     with pytest.raises(ConfigError, match="subframes"):
         SpecAudioTokenizer(tiny_cfg(subframes=3))
+    with pytest.raises(ConfigError, match="domain"):
+        SpecAudioTokenizer(tiny_cfg(domain="cqt"))
     with pytest.raises(ConfigError, match="unknown key"):
         SpecAudioTokenizer.from_config({"strides": [4]})
 
 
-def test_loss_falls_on_a_tiny_synthetic_set():
+@pytest.mark.parametrize("domain", ["stft", "mel"])
+def test_loss_falls_on_a_tiny_synthetic_set(domain):
     torch.manual_seed(0)
-    model = SpecCodec(tiny_cfg()).train()
+    model = SpecCodec(tiny_cfg(domain=domain)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = synthetic_batch(8, 0.32, seed=2)  # 16 frames of 320 samples
 
@@ -146,8 +150,9 @@ def test_loss_falls_on_a_tiny_synthetic_set():
     assert last < 0.7 * first, (first, last)
 
 
-def test_save_load_gives_identical_codes_and_fingerprint(tmp_path, sine):
-    tok = initialised(tiny_cfg())
+@pytest.mark.parametrize("domain", ["stft", "mel"])
+def test_save_load_gives_identical_codes_and_fingerprint(tmp_path, sine, domain):
+    tok = initialised(tiny_cfg(domain=domain))
     tok.save(tmp_path / "tok")
     back = load_tokenizer(tmp_path / "tok")
     assert isinstance(back, SpecAudioTokenizer)
@@ -155,6 +160,23 @@ def test_save_load_gives_identical_codes_and_fingerprint(tmp_path, sine):
     codes = tok.encode(sine, sample_rate=SR)
     np.testing.assert_array_equal(back.encode(sine, sample_rate=SR), codes)
     np.testing.assert_array_equal(back.decode(codes), tok.decode(codes))
+
+
+def test_mel_domain_codes_log_mel_bands_and_decodes_through_the_pseudo_inverse(sine):
+    """domain=mel: the codec's features are n_mels log-mel bands a frame, and the filterbank's pseudo-inverse
+    takes them back to a magnitude that keeps the bands (the loudest bin of a sine stays where it was)."""
+    model = SpecCodec(tiny_cfg(domain="mel", n_fft=1024, n_mels=80))
+    wave = torch.from_numpy(sine[: 32 * model.cfg.hop])[None, None]
+    feats = model.features(wave)
+    log_mag = log_magnitude(wave[:, 0], model.cfg)
+    assert feats.shape == (1, 80, log_mag.shape[-1])
+    back = model.to_log_magnitude(feats)
+    assert back.shape == log_mag.shape
+    assert abs(int(back[0].mean(1).argmax()) - int(log_mag[0].mean(1).argmax())) <= 2  # 330 Hz: bin ~21
+    again = model.to_features(back)
+    loud = feats > feats.max() - 1.0  # the sine's own bands come back exactly; neighbours take some leakage
+    np.testing.assert_allclose(again[loud], feats[loud], atol=0.05)
+    assert float((again - feats).abs().mean()) < 0.5
 
 
 @pytest.mark.parametrize("freq", [261.6, 440.0, 1234.0])
@@ -211,3 +233,15 @@ def test_frame_local_encoder_gives_a_steady_tone_one_code_sequence():
             z = [tok.model._encode_latent(tok.model.features(w)) for w in waves]
         # frames 12..15: the tone's, at least 4 frames after the head ends
         assert torch.allclose(z[0][0, 12:], z[1][0, 12:], atol=1e-5) is same
+
+
+def test_stft_domain_keeps_the_fingerprint_of_tokenizers_saved_before_the_key(tmp_path, sine):
+    """A tokenizer saved before `domain` existed has no such key: its fingerprint (which vocabularies and
+    checkpoints record) must not change, so `domain: stft` is left out of the saved config."""
+    tok = initialised(tiny_cfg())
+    assert "domain" not in tok.config_dict()
+    assert "domain" in initialised(tiny_cfg(domain="mel")).config_dict()
+    tok.save(tmp_path / "tok")
+    saved = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    assert "domain" not in saved["config"]
+    assert load_tokenizer(tmp_path / "tok").cfg.domain == "stft"

@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from omniseq.config import ConfigError
 from omniseq.tokenizers.audio import RVQAudioTokenizer
-from omniseq.tokenizers.audio_train import main
+from omniseq.tokenizers.audio_train import AudioSet, AudioTrainConfig, load_sets, lr_at, main, sample_batch
 from omniseq.tokenizers.base import load_tokenizer
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tokenizers" / "audio_tiny.yaml"
@@ -53,3 +54,26 @@ def test_train_writes_outputs_skips_bad_files_and_resumes(tmp_path, capsys):
     main([*args, "steps=6"])
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["step"] == 6
+
+
+def test_learning_rate_anneals_over_whichever_budget_ends_first():
+    """A run stopped by max_minutes must end near lr/10, not at the peak: the H200 recipe's codec, stopped by
+    its time cap at a quarter of its steps, had kept 96% of its learning rate (and its loss spiked)."""
+    cfg = AudioTrainConfig(lr=1e-3, steps=8000, max_minutes=10.0)
+    assert lr_at(0, 0.0, cfg) == pytest.approx(1e-3)
+    assert lr_at(2000, 600.0, cfg) == pytest.approx(1e-4)  # out of minutes at a quarter of the steps
+    assert lr_at(2000, 300.0, cfg) == pytest.approx(0.55e-3)  # half the minutes gone: half the cosine
+    assert lr_at(4000, 60.0, AudioTrainConfig(lr=1e-3, steps=8000, max_minutes=0.0)) == pytest.approx(0.55e-3)
+    assert lr_at(8000, 0.0, cfg) == pytest.approx(1e-4)  # the steps ran out first
+
+
+def test_source_weights_set_how_often_each_source_is_cropped_and_are_checked(tmp_path):
+    data = AudioSet(train=[[np.full(32000, 0.5, np.float32)], [np.full(32000, -0.5, np.float32)]], valid=[],
+                    skipped=[])  # fmt: skip
+    cfg = AudioTrainConfig(batch_size=400, segment_seconds=0.1, source_weights=[3.0, 1.0])
+    first = (sample_batch(data, cfg, np.random.default_rng(0))[:, 0, 0] > 0).float().mean().item()
+    assert 0.68 < first < 0.82  # 3 of 4 crops from the first source
+    even = AudioTrainConfig(batch_size=400, segment_seconds=0.1)
+    assert 0.42 < (sample_batch(data, even, np.random.default_rng(0))[:, 0, 0] > 0).float().mean().item() < 0.58
+    with pytest.raises(ConfigError, match="source_weights"):
+        load_sets(AudioTrainConfig(sources=[str(tmp_path)], source_weights=[1.0, 2.0]))
