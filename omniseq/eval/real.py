@@ -84,6 +84,11 @@ class RealEvalConfig:
     ranked_per_direction: int = 0
     tasks: list[str] = field(default_factory=list)  # only these tasks (names as in sft.eval.jsonl); [] = all
     text_tokens: int = 32  # answer budget of the *2text tasks (labels are a few words; LJ sentences more)
+    # A chained answer's media (spoken digit -> "seven. " + drawing) is drawn after the words seeing only them,
+    # the user's turn shown as its <|uncond|> twin (`words`), or the whole turn (`turn`; SamplingSession.
+    # media_after_words). Spoken digit -> image, 100 items: 63% -> 86% on the H200 checkpoint, 68% -> 74% on
+    # g1-cpu (docs/benchmarks.md)
+    chain_draw_from: str = "words"
     references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows: random
     out: str = "runs/real/eval"  # results.json and the table (results.md)
     seed: int = 0  # scorers and random weights
@@ -155,7 +160,9 @@ def rank_candidates(session: SamplingSession, item: Item) -> int:
     return int(np.argmax(np.subtract(scores[:K], scores[K:])))
 
 
-def generated_answers(session: SamplingSession, items: list[Item], text_tokens: int) -> list[tuple[str, object]]:
+def generated_answers(
+    session: SamplingSession, items: list[Item], text_tokens: int, words_only: bool = False
+) -> list[tuple[str, object]]:
     """(the assistant's text, its first media of the task's target modality decoded, or None) per item: a
     transcript or label, a drawing, or a chained answer's label and drawing."""
     prompts = [Prompt(it.prompt, forced(it)) for it in items]
@@ -180,7 +187,8 @@ def generated_answers(session: SamplingSession, items: list[Item], text_tokens: 
         for m in sorted(set(dst)):
             rows = [k for k, d in enumerate(dst) if d == m]
             drawn = session.media_after_words([first[0][k] for k in rows], [first[1][k] for k in rows], m,
-                                              [budget(items[chain[k]], session.layout, 0) for k in rows])  # fmt: skip
+                                              [budget(items[chain[k]], session.layout, 0) for k in rows],
+                                              words_only)  # fmt: skip
             for k, o in zip(rows, drawn):
                 ids[chain[k]], out[chain[k]] = first[0][k], o
     answers = []
@@ -194,12 +202,14 @@ def generated_answers(session: SamplingSession, items: list[Item], text_tokens: 
 
 
 def score_model(
-    session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int
+    session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int, words_only: bool = False
 ) -> tuple[list[float], list[dict]]:
     """One score in [0, 1] per item for the session's model, and what it answered: its text (the picked
     candidate for ranked names) and, for generated media, the label the scorer gave it."""
     open_items = [it for it in items if it.task not in CANDIDATE_TASKS]
-    answers = dict(zip(map(id, open_items), generated_answers(session, open_items, text_tokens))) if open_items else {}
+    answers = {}
+    if open_items:
+        answers = dict(zip(map(id, open_items), generated_answers(session, open_items, text_tokens, words_only)))
     scores, said = [], []
     for item in items:
         heard = None
@@ -304,6 +314,8 @@ def evaluate(cfg: RealEvalConfig) -> dict:
     from omniseq.eval.real_scorers import load_or_train
 
     t0 = time.perf_counter()
+    if cfg.chain_draw_from not in ("turn", "words"):
+        raise ConfigError(f"chain_draw_from: expected turn or words, got {cfg.chain_draw_from!r}")
     session = SamplingSession(cfg.sample)
     items = held_out_items(cfg)
     known = sorted({it.task for it in items})
@@ -316,14 +328,15 @@ def evaluate(cfg: RealEvalConfig) -> dict:
     for kind in sorted(needed):
         scorer = load_or_train(SCORER_OF[kind], cfg.data, cfg.scorers, cfg.seed, cfg.scorer_overrides)
         scorers[kind], reports[kind] = scorer
-    trained_scores, answers = score_model(session, items, scorers, cfg.text_tokens)
+    words_only = cfg.chain_draw_from == "words"
+    trained_scores, answers = score_model(session, items, scorers, cfg.text_tokens, words_only)
     per_row = {"trained": trained_scores}
     per_row.update(reference_scores(session, items, scorers))
     if "random" in cfg.references:
         trained = session.model
         torch.manual_seed(cfg.seed)
         session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
-        per_row["random"] = score_model(session, items, scorers, cfg.text_tokens)[0]
+        per_row["random"] = score_model(session, items, scorers, cfg.text_tokens, words_only)[0]
         session.model = trained
     transcripts = train_transcripts(cfg.corpus)
     per_row["chance"] = [chance(it, transcripts) for it in items]

@@ -149,22 +149,24 @@ class SamplingSession:
         return out
 
     def media_after_words(
-        self, ids: list[np.ndarray], said: list[np.ndarray], modality: str, budgets: list[int]
+        self, ids: list[np.ndarray], said: list[np.ndarray], modality: str, budgets: list[int], words_only: bool = False
     ) -> list[np.ndarray]:
         """A chained answer's media ("seven. " and then the drawing): the `modality` span generated after what
         the assistant said first (`said`: generated ids; cut before its first span or the end of its turn),
         guided against the turn's twin *without* those words. In one pass the twin rows share every generated
         token, the named label included, so guidance would amplify what the prompt adds beyond the label (the
         speaker, not the digit); this twin is the one a plain text -> media turn has (`uncond_prompt` of the
-        user's turn), which training's condition dropout makes. Returns the words and the span, per row."""
+        user's turn), which training's condition dropout makes. `words_only`: the media is drawn after the words
+        with the user's turn shown as that twin too (a chain of modalities inside one model: the prompt's media
+        decides the words, the words decide the drawing). Returns the words and the span, per row."""
         L = self.layout
         stops = [L.id("<|end|>"), L.id("<eos>"), *(L.id(OPEN[m]) for m in MEDIA if m in L.codebooks)]
         words = []
         for s in said:
             cut = np.flatnonzero(np.isin(s, stops))
             words.append(s[: cut[0]] if cut.size else s)
-        prompts = [np.concatenate([p, w]) for p, w in zip(ids, words)]
         twins = [uncond_prompt(L, p) for p in ids]
+        prompts = [np.concatenate([t if words_only else p, w]) for p, t, w in zip(ids, twins, words)]
         spans = self.generate_ids(prompts, budgets, [modality] * len(ids), uncond=twins)
         return [np.concatenate([w, o]) for w, o in zip(words, spans)]
 

@@ -189,6 +189,26 @@ def test_media_after_words_keeps_the_words_and_guides_against_the_twin_without_t
         assert not np.isin(words, rows[3 + b, : len(twin)]).any()
 
 
+def test_media_after_words_only_shows_the_words_with_the_turn_as_its_twin(tiny_layout, text_tokenizer):
+    """words_only (RealEvalConfig.chain_draw_from=words): the drawing's row is the user's turn as <|uncond|>,
+    then the words; its guidance twin stays the twin without them."""
+    L, codec = tiny_layout, DocumentCodec(tiny_layout, text_tokenizer)
+    forward = Recording(L)
+    model = CachelessDecoder(forward)
+    model.cfg = forward.cfg
+    sampling = SamplingConfig(guidance=GuidanceConfig(image=3.0))
+    session = session_of(L, codec, model, batch_size=2, generate=GenerateConfig(progress=False, sampling=sampling))
+    prompt = prompt_ids(codec, [Segment("text", text="draw the digit you hear", role="user")])
+    words = np.asarray(text_tokenizer.encode("seven. "), np.int64)
+    budget = L.codebook("image").tokens_per_frame() + 2
+    (out,) = session.media_after_words([prompt], [words], "image", [budget], words_only=True)
+    twin = uncond_prompt(L, prompt)
+    rows = forward.rows.numpy()
+    assert np.array_equal(out[: len(words)], words) and out[len(words)] == L.id("<|image|>")
+    assert np.array_equal(rows[0, : len(twin) + len(words)], np.concatenate([twin, words]))
+    assert np.array_equal(rows[1, : len(twin)], twin)
+
+
 def test_held_out_items_rank_every_emoji_and_cap_the_rest(tmp_path):
     lines = [{"messages": [{"role": "user", "text": f"q{i}"}, {"role": "assistant", "text": "a"}],
               "meta": {"task": task, "kind": "emoji", "label": "a", "candidates": ["a", "b"]}}
