@@ -142,6 +142,7 @@ class Recipe:
             work = self.tok / f"{kind}_training"
             work.mkdir(parents=True, exist_ok=True)
             srcs = "[" + ",".join(str(s) for s in sources if s.exists()) + "]"
+            overrides = self._kept_source_weights(kind, config, sources, overrides)
             cmd = [sys.executable, "-m", "omniseq.tokenizers.train", kind, "--config", config, f"out={work}",
                    f"sources={srcs}", f"seed={self.cfg.seed}", *overrides]  # fmt: skip
             print("  $", " ".join(cmd), f"> {work / 'train.log'}", flush=True)
@@ -159,6 +160,20 @@ class Recipe:
         for kind, (_, work, _, _) in procs.items():
             shutil.rmtree(self.tok / kind, ignore_errors=True)
             shutil.copytree(work / "tokenizer", self.tok / kind)
+
+    @staticmethod
+    def _kept_source_weights(kind: str, config: str, sources: list[Path], overrides: list[str]) -> list[str]:
+        """The audio codec's `source_weights` (one per source, in order) without those of the sources this
+        corpus lacks (a real corpus built from some of the sets), so that the two lists still pair up."""
+        if kind != "audio" or all(s.exists() for s in sources):
+            return overrides
+        from omniseq.tokenizers.audio_train import AudioTrainConfig
+
+        weights = load_config(AudioTrainConfig, REPO / config, overrides).source_weights  # as the subprocess reads it
+        if len(weights) != len(sources):
+            return overrides  # not paired with these sources: the trainer names the mismatch
+        kept = [str(w) for w, s in zip(weights, sources) if s.exists()]
+        return [*overrides, f"source_weights=[{','.join(kept)}]"]
 
     def tokenizers(self) -> str:
         from omniseq.tokenizers.text import TextTokenizer, TextTrainConfig

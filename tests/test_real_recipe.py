@@ -69,3 +69,20 @@ def test_micro_real_recipe_runs_every_step_and_its_table_reruns_for_chosen_tasks
     only.tasks = ["speech2image"]
     with pytest.raises(ConfigError, match=r"tasks: \['speech2image'\] not in .*digit_speech2digit_image"):
         evaluate(only)
+
+
+def test_a_corpus_without_a_source_drops_that_sources_codec_weight(tmp_path):
+    """The real codec weighs its three sources 3:1:2 (audio_spec_real.yaml); a corpus built from some sets lacks
+    a source file, and the weights passed to the trainer must pair with the sources that remain."""
+    from omniseq.recipe import Recipe
+
+    digits, speech, sound = (tmp_path / f"{n}.train.jsonl" for n in ("digit_speech", "speech", "sound"))
+    digits.write_text("")
+    sound.write_text("")
+    config = "configs/tokenizers/audio_spec_real.yaml"
+    out = Recipe._kept_source_weights("audio", config, [digits, speech, sound], ["steps=4"])
+    assert out == ["steps=4", "source_weights=[3.0,2.0]"]
+    assert Recipe._kept_source_weights("audio", config, [digits, sound], ["steps=4"]) == ["steps=4"]  # all there
+    # three weights for two sources: left for the trainer to reject by name
+    assert Recipe._kept_source_weights("audio", config, [digits, speech], ["steps=4"]) == ["steps=4"]
+    assert Recipe._kept_source_weights("image", config, [digits, speech], []) == []

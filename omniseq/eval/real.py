@@ -170,9 +170,9 @@ def generated_answers(
     guidance = session.cfg.generate.sampling.guidance
     chain = [i for i, it in enumerate(items) if chained(it)]
     # A chained answer is said unguided first (its words are text: guidance never touches them), then its
-    # media is drawn after those words, guided against the turn's twin without them (SamplingSession.
-    # media_after_words). Measured on the f1-cpu checkpoint, spoken digit -> image: 12% in one unguided pass,
-    # 45% so (docs/benchmarks.md).
+    # media is drawn after those words (by default with the user's turn shown as its twin: chain_draw_from),
+    # guided against the turn's twin without them (SamplingSession.media_after_words). Measured on the f1-cpu
+    # checkpoint, spoken digit -> image: 12% in one unguided pass, 45% so (docs/benchmarks.md).
     session.cfg.generate.sampling.guidance = GuidanceConfig(1.0, 1.0, 1.0)
     try:
         first = session.generate([prompts[i] for i in chain], [budgets[i] for i in chain])
@@ -352,7 +352,8 @@ def evaluate(cfg: RealEvalConfig) -> dict:
         scores = [s for it, s in zip(items, per_row["trained"]) if it.task == task]
         graded = task == "speech2text"  # LJ's word accuracy: no binomial tail
         row["p_chance"] = None if graded else chance_tail(scores, table["chance"][task]["main"])
-    results = {"checkpoint": cfg.sample.checkpoint, "corpus": cfg.corpus, "scorers": reports, "table": table,
+    results = {"checkpoint": cfg.sample.checkpoint, "corpus": cfg.corpus, "chain_draw_from": cfg.chain_draw_from,
+               "scorers": reports, "table": table,
                "skipped_too_long": too_long, "answers": answers,
                "seconds": time.perf_counter() - t0}  # fmt: skip
     out = Path(cfg.out)

@@ -1,5 +1,5 @@
-"""A trainable spectrogram-domain RVQ audio codec (kind "rvq_spec_audio"): log-STFT -> conv -> RVQ -> conv
--> log-STFT, and Griffin-Lim for the waveform.
+"""A trainable spectrogram-domain RVQ audio codec (kind "rvq_spec_audio"): log-STFT (or, `domain: mel`, its
+log-mel bands) -> conv -> RVQ -> conv -> the same, and Griffin-Lim for the waveform.
 
 Why not the waveform codec (`rvq_audio`): in 15 CPU minutes it learns the spectral envelope but not
 harmonics or phase (held-out SI-SNR -30 dB, FSDD digits recognised at chance; docs/tokenizers_audio.md).

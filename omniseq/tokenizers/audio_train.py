@@ -151,9 +151,10 @@ def sample_batch(data: AudioSet, cfg: AudioTrainConfig, rng: np.random.Generator
     hop = cfg.active.hop
     n = max(hop, int(cfg.segment_seconds * cfg.active.sample_rate) // hop * hop)
     out = np.zeros((cfg.batch_size, 1, n), dtype=np.float32)
-    w = np.asarray(cfg.source_weights or [1.0] * len(data.train), dtype=np.float64)
+    p = np.asarray(cfg.source_weights, dtype=np.float64) / sum(cfg.source_weights) if cfg.source_weights else None
     for b in range(cfg.batch_size):
-        clips = data.train[rng.choice(len(data.train), p=w / w.sum())]
+        # without weights, the draw the codecs measured before source_weights existed (same crops by seed)
+        clips = data.train[rng.integers(len(data.train)) if p is None else rng.choice(len(data.train), p=p)]
         x = clips[rng.integers(len(clips))]
         start = rng.integers(max(1, len(x) - n + 1))
         seg = x[start : start + n]
@@ -240,8 +241,9 @@ def step_loss(model: RVQCodec | SpecCodec, x: torch.Tensor, cfg: AudioTrainConfi
 
 def lr_at(step: int, elapsed: float, cfg: AudioTrainConfig) -> float:
     """Cosine from lr to lr/10 over whichever budget ends first, `steps` or `max_minutes` (`elapsed` seconds of
-    training): a run stopped by its time cap still ends annealed. Over steps alone, the H200 recipe's codec
-    trained 14 CPU minutes was stopped at 1,993 of 8,000 steps with its learning rate still at 96% of the peak."""
+    training; it adds up over resumes, from the checkpoint's `train_seconds`): a run stopped by its time cap
+    still ends annealed. Over steps alone, the H200 recipe's codec trained 14 CPU minutes was stopped at 1,993
+    of 8,000 steps with its learning rate still at 87% of the peak."""
     t = step / cfg.steps
     if cfg.max_minutes:
         t = max(t, elapsed / (60 * cfg.max_minutes))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from omniseq.config import load_config
+from omniseq.config import ConfigError, load_config
 from omniseq.document import DocumentCodec, Segment
 from omniseq.eval.harness import Item
 from omniseq.eval.real import (
@@ -18,6 +18,7 @@ from omniseq.eval.real import (
     budget,
     chance,
     chance_tail,
+    evaluate,
     forced,
     held_out_items,
     normalise,
@@ -207,6 +208,7 @@ def test_media_after_words_only_shows_the_words_with_the_turn_as_its_twin(tiny_l
     assert np.array_equal(out[: len(words)], words) and out[len(words)] == L.id("<|image|>")
     assert np.array_equal(rows[0, : len(twin) + len(words)], np.concatenate([twin, words]))
     assert np.array_equal(rows[1, : len(twin)], twin)
+    assert (rows[1, len(twin) :] == L.id("<pad>")).all()  # the guidance twin: no words after it
 
 
 def test_held_out_items_rank_every_emoji_and_cap_the_rest(tmp_path):
@@ -235,3 +237,8 @@ def test_real_recipes_load_and_every_stage_config_accepts_their_overrides(recipe
         assert loaded.steps > 0 and loaded.data.seq_len == int(
             next(o for o in cfg.stage_overrides if o.startswith("data.seq_len=")).split("=")[1]
         )
+
+
+def test_evaluate_rejects_an_unknown_chain_draw_from_before_loading_anything():
+    with pytest.raises(ConfigError, match="chain_draw_from"):
+        evaluate(RealEvalConfig(corpus="/nonexistent", chain_draw_from="clip"))
