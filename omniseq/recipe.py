@@ -67,6 +67,10 @@ class RecipeConfig:
     # on a rescaled schedule (omniseq/train/config.py). 0 = off. The CPU recipes set it: the 2-core machines
     # differ 4-5x in speed (docs/training.md "Time budgets").
     train_minutes: float = 0.0
+    # true: every budget counts steps, not minutes (the tokenizers' max_minutes and train_minutes are off), so a
+    # rerun on the same machine gives the same tokenizers, weights and table bit for bit, in any folder: for
+    # A/B runs (docs/recipes.md "Reproducible runs"). The run then takes as long as its steps take there.
+    reproducible: bool = False
     # key=value for the SampleConfig of the samples and eval steps. The demo's default: images greedy and
     # unguided (the local image encoder codes a patch's content alike in every scene, so the most likely
     # code is the right one; on one demo checkpoint text->image scored 92% so, against 87% sampled and 84%
@@ -143,8 +147,9 @@ class Recipe:
             work.mkdir(parents=True, exist_ok=True)
             srcs = "[" + ",".join(str(s) for s in sources if s.exists()) + "]"
             overrides = self._kept_source_weights(kind, config, sources, overrides)
+            clock = ["max_minutes=0"] if self.cfg.reproducible else []
             cmd = [sys.executable, "-m", "omniseq.tokenizers.train", kind, "--config", config, f"out={work}",
-                   f"sources={srcs}", f"seed={self.cfg.seed}", *overrides]  # fmt: skip
+                   f"sources={srcs}", f"seed={self.cfg.seed}", *overrides, *clock]  # fmt: skip
             print("  $", " ".join(cmd), f"> {work / 'train.log'}", flush=True)
             log = (work / "train.log").open("w")
             procs[kind] = (cmd, work, log, subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
@@ -221,7 +226,9 @@ class Recipe:
         config = REPO / f"configs/stages/{STAGES[step]}.yaml"
         overrides = self._stage_overrides(step)
         stage = load_config(StageConfig, config, overrides)
-        if self.cfg.train_minutes:
+        if self.cfg.reproducible:
+            overrides.append("max_minutes=0")
+        elif self.cfg.train_minutes:
             # 6 significant digits, so a small positive share never rounds to 0 (= no budget)
             overrides.append(f"max_minutes={self.stage_minutes(step):.6g}")
         present = [s for s in stage.data.sources if (Path(s.path) / "manifest.json").is_file()]
@@ -325,9 +332,10 @@ class Recipe:
             cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
                              out=str(self.out / "eval"), sample=sample,
                              perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
-        results = evaluate(load_config(cfg, None, self.cfg.eval_overrides))
+        cfg = load_config(cfg, None, self.cfg.eval_overrides)
+        results = evaluate(cfg)
         print(format_table(results))
-        return f"table -> {self.out / 'eval' / 'results.md'}"
+        return f"table -> {Path(cfg.out).resolve() / 'results.md'}"
 
     def step(self, name: str) -> str:
         return self.stage(name) if name in STAGES else getattr(self, name)()

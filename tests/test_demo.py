@@ -108,3 +108,23 @@ def test_train_minutes_are_split_by_planned_tokens_and_a_negative_budget_is_refu
     assert minutes["stage1"] == pytest.approx(3) and minutes["sft"] == pytest.approx(5)  # same batch x seq_len
     with pytest.raises(ConfigError, match="train_minutes"):
         main([f"--out={tmp_path}", "train_minutes=-1"])
+
+
+@pytest.mark.slow
+def test_reproducible_runs_in_two_folders_train_the_same_weights(tmp_path):
+    """`reproducible=true` counts every budget in steps: an image tokenizer capped at a fraction of a second
+    still trains all its steps, and two runs in different folders end with identical tokenizers and stage-1
+    weights (before, the codec's held-out split hashed the run folder, and clocks decided step counts)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    outs = [tmp_path / "a", tmp_path / "elsewhere" / "b"]
+    for out in outs:
+        res = subprocess.run([sys.executable, "-m", "omniseq.recipe", "--scale", "micro", "--out", str(out),
+                              "--until", "stage1", "reproducible=true",
+                              "image_overrides=[steps=4, max_minutes=0.00001, holdout=4]"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert json.loads((out / "tokenizers/image_training/metrics.json").read_text())["steps"] == 4
+    for f in ("tokenizers/image/weights.safetensors", "tokenizers/audio/weights.safetensors",
+              "vocab/manifest.json", "stage1/export/model.safetensors"):  # fmt: skip
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f

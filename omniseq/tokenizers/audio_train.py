@@ -100,18 +100,21 @@ def _source_files(src: str, cfg: AudioTrainConfig) -> list[tuple[Path, bool]]:
             rows = list(csv.DictReader(f))
         if rows and "path" not in rows[0]:
             raise ValueError(f"{p}: expected a `path` column, got {list(rows[0])}")
-        files = [(p.parent / r["path"], r.get(cfg.holdout_column) == cfg.holdout_value) for r in rows]
+        files = [(r["path"], r.get(cfg.holdout_column) == cfg.holdout_value) for r in rows]
     elif p.suffix.lower() == ".jsonl":  # pair-format lines (omniseq.data.corpus): {"audio": path, ...}
         if not p.is_file():
             raise FileNotFoundError(f"audio manifest not found: {p}")
         lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        files = [(p.parent / d["audio"], False) for d in lines if "audio" in d]
+        files = [(d["audio"], False) for d in lines if "audio" in d]
     else:
-        files = [(f, False) for f in find_audio_files(p)]
+        files = [(f.relative_to(p).as_posix(), False) for f in find_audio_files(p)]
     if cfg.max_files_per_source:
         files = files[: cfg.max_files_per_source]
-    bucket = lambda f: zlib.crc32(str(f).encode()) % 10000 < cfg.valid_fraction * 10000
-    return [(f, held or bucket(f)) for f, held in files]
+    # the hash is of the path as the source names it (relative to its manifest or folder), not of where the
+    # source lies: two runs in different folders hold out the same clips (a run-folder hash split them apart)
+    bucket = lambda name: zlib.crc32(str(name).encode()) % 10000 < cfg.valid_fraction * 10000
+    root = p.parent if p.suffix.lower() in (".csv", ".jsonl") else p
+    return [(root / name, held or bucket(name)) for name, held in files]
 
 
 def load_sets(cfg: AudioTrainConfig) -> AudioSet:

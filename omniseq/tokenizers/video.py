@@ -196,10 +196,13 @@ class FrameVideoTokenizer(MediaTokenizer):
     def config_dict(self) -> dict:
         return {**asdict(self.cfg), "image": {"kind": self.image.kind, "config": self.image.config_dict()}}
 
+    def _identity(self) -> dict:
+        # The image tokenizer's directory is where it came from, not what it is: left out of the fingerprint
+        # and of the vocabulary's record (its hash), so two runs alike in different folders share a layout.
+        return {k: v for k, v in self.config_dict().items() if k != "image_tokenizer"}
+
     def fingerprint(self) -> str:
-        # The image tokenizer's directory is where it came from, not what it is: leave it out.
-        config = {k: v for k, v in self.config_dict().items() if k != "image_tokenizer"}
-        return fingerprint({"kind": self.kind, **config}, self.weights())
+        return fingerprint({"kind": self.kind, **self._identity()}, self.weights())
 
     def codebook_spec(self) -> CodebookSpec:
         spec = self.image.codebook_spec()
@@ -212,7 +215,7 @@ class FrameVideoTokenizer(MediaTokenizer):
             rate=self.cfg.fps,
             shares="image" if self.cfg.share_image_range else None,
             fingerprint=self.fingerprint(),
-            config=self.config_dict(),
+            config=self._identity(),
         )
 
     def weights(self) -> dict[str, torch.Tensor]:

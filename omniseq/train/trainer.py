@@ -13,6 +13,7 @@ the newest COMPLETE checkpoint with its data position and RNG.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -366,8 +367,16 @@ class Trainer:
 
 
 def run(cfg: StageConfig) -> dict:
+    trainer = None
     try:
-        return Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        return trainer.fit()
     finally:
+        # The DeepSpeed engine sits in reference cycles that can hold gloo work handles: free them while the
+        # interpreter is alive. Left to interpreter exit, their release can abort a rank ("terminate called
+        # without an active exception", as pytorch/pytorch PR 179291 describes), seen once in the ZeRO-3
+        # two-process test on a loaded machine after the stage had finished and exported.
+        del trainer
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -80,3 +80,24 @@ def test_source_weights_set_how_often_each_source_is_cropped_and_are_checked(tmp
     assert 0.42 < (sample_batch(data, even, np.random.default_rng(0))[:, 0, 0] > 0).float().mean().item() < 0.58
     with pytest.raises(ConfigError, match="source_weights"):
         load_sets(AudioTrainConfig(sources=[str(tmp_path)], source_weights=[1.0, 2.0]))
+
+
+@pytest.mark.parametrize("kind", ["folder", "jsonl"])
+def test_held_out_clips_do_not_depend_on_where_the_source_lies(tmp_path, kind):
+    """The split hashes the path as the source names it: two runs alike in different folders (runs/a and
+    runs/b) held out different clips, so their codecs and everything after differed."""
+    from omniseq.tokenizers.audio_train import _source_files
+
+    held = []
+    for where in ("runs/a", "other/place/b"):
+        root = tmp_path / where
+        (root / "wav").mkdir(parents=True)
+        for i in range(40):
+            sf.write(root / "wav" / f"clip{i:02d}.wav", np.zeros(800, np.float32), 8000)
+        lines = [json.dumps({"audio": f"wav/clip{i:02d}.wav", "text": str(i)}) for i in range(40)]
+        (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+        src = root / "wav" if kind == "folder" else root / "pairs.jsonl"
+        files = _source_files(str(src), AudioTrainConfig(valid_fraction=0.25))
+        assert all(f.is_file() for f, _ in files)  # still paths to the files themselves
+        held.append([f.name for f, h in files if h])
+    assert held[0] == held[1] and 0 < len(held[0]) < 40

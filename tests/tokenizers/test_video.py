@@ -91,6 +91,9 @@ def test_save_load_is_self_contained(image_dir, tmp_path):
     assert loaded.fingerprint() == tok.fingerprint()
     moved = FrameVideoTokenizer(FrameVideoConfig(image_tokenizer="/elsewhere"), tok.image)
     assert moved.fingerprint() == tok.fingerprint()  # the directory is not part of the identity
+    # ... nor of the vocabulary's: the same tokenizers in two run folders make one layout hash
+    build = lambda t: VocabLayout.build(TextSpec("sentencepiece", 50), [t.image.codebook_spec(), t.codebook_spec()])
+    assert build(moved).hash == build(tok).hash
     assert video_tok(image_dir, fps=2).fingerprint() != tok.fingerprint()
 
 
