@@ -36,6 +36,11 @@ class ModelConfig:
     # -- stability (Chameleon, Team 2024: both were needed for stable mixed-modal training) --------------
     qk_norm: bool = False  # RMSNorm on each query and key head before RoPE
     z_loss: float = 0.0  # coefficient of the z-loss mean(logsumexp(logits)^2) (PaLM: 1e-4); 0 = off
+    # -- regularisation -----------------------------------------------------------------------------------
+    # dropout on the embeddings and on each block's attention and MLP outputs before they join the residual
+    # stream (GPT-2, nanoGPT's `dropout`); training only. 0 = off, as in Llama pretraining. For small data
+    # a big model memorises: the 125M real recipe's held-out loss rose after ~400 steps (docs/benchmarks.md)
+    dropout: float = 0.0
     # -- loss ---------------------------------------------------------------------------------------------
     # modality -> loss weight, 1 when absent (Emu3 trained with image 0.5)
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -74,6 +79,7 @@ class ModelConfig:
             ("max_seq_len", self.max_seq_len > 0, "positive"),
             ("loss_chunk_tokens", self.loss_chunk_tokens > 0, "positive"),
             ("z_loss", self.z_loss >= 0, "non-negative"),
+            ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
             (
                 "rope_high_freq_factor",
                 self.rope_high_freq_factor > self.rope_low_freq_factor,

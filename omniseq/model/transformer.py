@@ -12,6 +12,8 @@ Architecture (Llama: Touvron et al. 2023), every choice in one place:
 - optional QK-norm: RMSNorm per query/key head before RoPE, and optional z-loss; Chameleon (Team 2024)
   needed both to keep mixed-modal training with image tokens from diverging
 - optional tied input/output embeddings (small sizes)
+- optional dropout (`dropout`) on the embeddings and on each block's two outputs, in training only; read
+  from the config at every forward, so a stage that loads an export can switch it on or off
 - document-causal attention over packed rows via attention.py (flash-attn varlen / FlexAttention / SDPA)
 - construction on the meta device plus an explicit `init_weights()` (torchtitan): no wasted random init
   when weights are about to be loaded, and large models never materialise on the CPU first
@@ -123,9 +125,11 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: AttentionMask | None, positions: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, positions)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: AttentionMask | None, positions: Tensor, dropout: float = 0.0
+    ) -> Tensor:
+        x = x + F.dropout(self.attn(self.attn_norm(x), cos, sin, mask, positions), dropout, self.training)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), dropout, self.training)
 
 
 class Transformer(nn.Module):
@@ -211,15 +215,16 @@ class Transformer(nn.Module):
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
             else:
                 position_ids = positions_from_documents(document_ids)
-        x = self.embed(input_ids)
+        p = self.cfg.dropout
+        x = F.dropout(self.embed(input_ids), p, self.training)
         mask = prepare_mask(document_ids, B, T, x.device, x.dtype, self.cfg.attention)
         cos, sin = self._rope(position_ids)
         recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            if recompute:
-                x = checkpoint(layer, x, cos, sin, mask, position_ids, use_reentrant=False)
+            if recompute:  # the recompute replays the RNG state, so it draws the same dropout masks
+                x = checkpoint(layer, x, cos, sin, mask, position_ids, p, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, position_ids)
+                x = layer(x, cos, sin, mask, position_ids, p)
         return self.norm(x)
 
     def forward(

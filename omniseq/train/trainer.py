@@ -26,7 +26,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from omniseq.config import ConfigError, save_config
+from omniseq.config import ConfigError, load_config, save_config
 from omniseq.data.loader import DataConfig, stream_from_config
 from omniseq.data.shardset import read_manifest
 from omniseq.model.config import SIZES, ModelConfig, model_config
@@ -84,25 +84,56 @@ def check_inputs(cfg: StageConfig) -> VocabLayout:
         layout.check_hash(json.loads(meta.read_text())["vocab_hash"], f"checkpoint {cfg.init_from}")
     if cfg.init_from == "scratch" and cfg.model_size not in SIZES:
         raise ConfigError(f"key 'model_size': {cfg.model_size!r} is not one of {sorted(SIZES)}")
+    if cfg.init_from == "scratch":  # the model config with this stage's keys, built without any weights
+        scratch_config(cfg, layout)
+    elif not cfg.init_from.startswith("hf:"):
+        export_config(load_config(ModelConfig, Path(cfg.init_from) / "model.yaml"), cfg)
     return layout
 
 
-def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
+def model_overrides(cfg: StageConfig) -> dict:
+    """The ModelConfig keys this stage sets: `model` and `loss_weights`."""
     overrides = dict(cfg.model)
     if cfg.loss_weights:
         overrides["loss_weights"] = dict(cfg.loss_weights)
+    return overrides
+
+
+def scratch_config(cfg: StageConfig, layout: VocabLayout) -> ModelConfig:
+    try:
+        return model_config(cfg.model_size, vocab_size=layout.size, **model_overrides(cfg))
+    except TypeError as e:
+        raise ConfigError(f"key 'model': {e}") from None
+
+
+# ModelConfig keys a stage may change on the weights it loads: the rest fix the modules' shapes and RoPE tables
+RUNTIME_KEYS = ("z_loss", "dropout", "loss_weights", "loss_chunk_tokens", "attention", "activation_checkpointing")
+
+
+def export_config(saved: ModelConfig, cfg: StageConfig) -> ModelConfig:
+    """An export's config with this stage's keys (loss weights, z-loss, dropout, ...) over it."""
+    fixed = {k: v for k, v in model_overrides(cfg).items() if k not in RUNTIME_KEYS and getattr(saved, k, v) != v}
+    if fixed:
+        k = next(iter(fixed))
+        raise ConfigError(
+            f"key 'model.{k}': {fixed[k]!r}, but {cfg.init_from} was trained with {getattr(saved, k)!r}; "
+            f"a stage that loads an export may change only {list(RUNTIME_KEYS)}"
+        )
+    try:
+        return ModelConfig(**{**asdict(saved), **model_overrides(cfg)})
+    except TypeError as e:
+        raise ConfigError(f"key 'model': {e}") from None
+
+
+def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
     if cfg.init_from == "scratch":
-        try:
-            mcfg = model_config(cfg.model_size, vocab_size=layout.size, **overrides)
-        except TypeError as e:
-            raise ConfigError(f"key 'model': {e}") from None
+        mcfg = scratch_config(cfg, layout)
         torch.manual_seed(cfg.seed)  # every rank builds identical weights
         return Transformer.build(mcfg)
     if cfg.init_from.startswith("hf:"):
-        return import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **overrides)
+        return import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **model_overrides(cfg))
     model, _ = ckpt.load_export(cfg.init_from, layout)
-    if overrides:  # e.g. loss weights or z-loss that differ in this stage
-        model.cfg = ModelConfig(**{**asdict(model.cfg), **overrides})
+    model.cfg = export_config(model.cfg, cfg)  # read at every forward: the modules need no rebuild
     return model
 
 

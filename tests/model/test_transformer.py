@@ -86,6 +86,28 @@ def test_activation_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_dropout_is_random_in_training_and_off_in_eval():
+    ids = torch.randint(0, V, (2, 16))
+    plain, dropped = tiny(), tiny(dropout=0.5)  # same seed: the same weights
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(ids), plain(ids), rtol=0, atol=0)  # eval: dropout is off
+        dropped.train()
+        a, b = dropped(ids), dropped(ids)
+    assert (a - b).abs().max() > 1e-3  # two draws of the masks
+    assert (a - plain(ids)).abs().max() > 1e-3
+
+
+def test_dropout_masks_replay_under_activation_checkpointing():
+    ids = torch.randint(0, V, (2, 16))
+    grads = []
+    for ckpt in (False, True):
+        model = tiny(activation_checkpointing=ckpt, dropout=0.3).train()
+        torch.manual_seed(1)
+        model(ids, labels=ids).loss.backward()
+        grads.append(model.layers[0].attn.wq.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_forward_loss_equals_loss_of_returned_logits():
     model = tiny()
     ids = torch.randint(0, V, (2, 16))
@@ -111,6 +133,8 @@ def test_bad_config_names_the_key():
         model_config("tiny", V, loss_weights={"smell": 1.0})
     with pytest.raises(ConfigError, match="attention"):
         model_config("tiny", V, attention="xformers")
+    with pytest.raises(ConfigError, match="dropout"):
+        model_config("tiny", V, dropout=1.0)
     with pytest.raises(ConfigError, match="unknown model size"):
         model_config("13B", V)
 

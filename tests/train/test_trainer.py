@@ -13,8 +13,11 @@ from omniseq.config import ConfigError, load_config
 from omniseq.data.cond_dropout import CondDropout, condition_span
 from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
 from omniseq.data.shardset import Doc
+from omniseq.model.config import model_config
+from omniseq.model.transformer import Transformer
+from omniseq.train import checkpoint as ckpt
 from omniseq.train.config import StageConfig
-from omniseq.train.trainer import check_inputs
+from omniseq.train.trainer import build_model, check_inputs
 from omniseq.vocab import VocabMismatchError
 
 from .conftest import stage_yaml
@@ -34,11 +37,26 @@ def load(world, tmp_path, *overrides, **keys) -> StageConfig:
         (("loss_weights={smell: 1.0}",), ConfigError, "loss_weights"),
         (("model_size=huge",), ConfigError, "model_size"),
         (("data.options.cond_dropout=1.5",), ConfigError, "cond_dropout"),
+        (("model={dropout: 1.5}",), ConfigError, "dropout"),
     ],
 )
 def test_bad_stage_configs_fail_before_compute(train_world, tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
         check_inputs(load(train_world, tmp_path, *overrides))
+
+
+def test_a_stage_loading_an_export_switches_dropout_on(train_world, tmp_path):
+    layout = train_world["layout"]
+    start = Transformer.build(model_config("tiny", layout.size))
+    export = ckpt.export(start.state_dict(), start.cfg, tmp_path / "export", layout, {})
+    model = build_model(load(train_world, tmp_path, f"init_from={export}", "model={dropout: 0.5}"), layout)
+    assert model.cfg.dropout == 0.5
+    ids = torch.randint(0, layout.size, (2, 16))
+    with torch.no_grad():
+        assert not torch.equal(model.train()(ids), model(ids))  # masks drawn: the override took effect
+        torch.testing.assert_close(model.eval()(ids), start(ids), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"model.n_layers.*trained with 2"):
+        check_inputs(load(train_world, tmp_path, f"init_from={export}", "model={n_layers: 3}"))
 
 
 def test_vocab_mismatch_between_shards_and_stage_is_refused(train_world, tmp_path):
