@@ -194,7 +194,8 @@ def test_training_reads_image_folders_and_skips_bad_files(tmp_path):
     assert metrics["skipped_images"] == 1 and "broken.png" in metrics["first_skipped"][0]
     assert metrics["train_images"] == 8
     with pytest.raises(MediaError, match="broken.png"):
-        train(load_config(ImageTrainConfig, CONFIGS / "image_tiny.yaml", [f"sources=[{folder}]", "on_bad_image=raise"]))
+        train(load_config(ImageTrainConfig, CONFIGS / "image_tiny.yaml",
+                          [f"sources=[{folder}]", f"out={tmp_path / 'strict'}", "on_bad_image=raise"]))  # fmt: skip
 
 
 def test_shipped_configs_load():
