@@ -232,10 +232,15 @@ def save_model_dir(model: Transformer, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def load_model_config(directory: str | Path, **overrides) -> ModelConfig:
+    """The ModelConfig save_model_dir wrote (no weights read); `overrides` are `key=value`-style fields."""
+    return load_config(ModelConfig, Path(directory) / "model.yaml", [f"{k}={v}" for k, v in overrides.items()])
+
+
 def load_model_dir(directory: str | Path, dtype: torch.dtype | None = None, **overrides) -> Transformer:
     """Load what save_model_dir wrote; `overrides` are `key=value`-style ModelConfig fields."""
     directory = Path(directory)
-    cfg = load_config(ModelConfig, directory / "model.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    cfg = load_model_config(directory, **overrides)
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"omniseq model weights not found: {weights}")

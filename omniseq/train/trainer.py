@@ -26,11 +26,11 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from omniseq.config import ConfigError, load_config, save_config
+from omniseq.config import ConfigError, save_config
 from omniseq.data.loader import DataConfig, stream_from_config
 from omniseq.data.shardset import read_manifest
 from omniseq.model.config import SIZES, ModelConfig, model_config
-from omniseq.model.hf import import_hf_llama
+from omniseq.model.hf import import_hf_llama, load_model_config
 from omniseq.model.precision import use_bf16
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
@@ -82,12 +82,13 @@ def check_inputs(cfg: StageConfig) -> VocabLayout:
         if not meta.is_file():
             raise ConfigError(f"key 'init_from': {cfg.init_from} is not a stage export ({meta} is missing)")
         layout.check_hash(json.loads(meta.read_text())["vocab_hash"], f"checkpoint {cfg.init_from}")
-    if cfg.init_from == "scratch" and cfg.model_size not in SIZES:
-        raise ConfigError(f"key 'model_size': {cfg.model_size!r} is not one of {sorted(SIZES)}")
-    if cfg.init_from == "scratch":  # the model config with this stage's keys, built without any weights
+    # the model config with this stage's keys, built without any weights
+    if cfg.init_from == "scratch":
+        if cfg.model_size not in SIZES:
+            raise ConfigError(f"key 'model_size': {cfg.model_size!r} is not one of {sorted(SIZES)}")
         scratch_config(cfg, layout)
     elif not cfg.init_from.startswith("hf:"):
-        export_config(load_config(ModelConfig, Path(cfg.init_from) / "model.yaml"), cfg)
+        export_config(load_model_config(cfg.init_from), cfg)
     return layout
 
 
