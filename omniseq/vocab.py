@@ -94,6 +94,7 @@ class CodebookSpec:
     row_end: bool = False  # image/video: a <|row_end|> after every row
     rate: float = 0.0  # audio: frames per second; video: frames per second sampled
     shares: str | None = None  # reuse the id range of this modality (video -> "image")
+    shares_fingerprint: str = ""  # with `shares`: the fingerprint of the tokenizer whose codes fill that range
     fingerprint: str = ""  # sha256 of the tokenizer's config and weights
     config: dict = field(default_factory=dict)  # the tokenizer's own config, for the record
     offset: int = -1  # first id of the range; assigned by VocabLayout.build
@@ -197,6 +198,16 @@ class VocabLayout:
                     raise VocabError(f"{where}: shares {cb.shares!r}, which owns no range")
                 if (cb.offset, cb.codebook_size) != (other.offset, other.codebook_size):
                     raise VocabError(f"{where}: shared range must equal {cb.shares!r}'s")
+                if cb.shares_fingerprint and other.fingerprint and cb.shares_fingerprint != other.fingerprint:
+                    # the same ids would mean other codes in each modality (a retrained image tokenizer)
+                    raise VocabError(
+                        f"{where}: shares {cb.shares!r}'s ids but codes with another {cb.shares} tokenizer "
+                        f"(fingerprint {cb.shares_fingerprint[:12]}, the layout's {other.fingerprint[:12]}): "
+                        f"remake the {mod} tokenizer from the {cb.shares} tokenizer in use"
+                    )
+            if cb.modality in ("image", "video") and cb.grid is None and not cb.row_end:
+                # a span's codes could be written but never read back into rows
+                raise VocabError(f"{where}: needs a fixed grid (a fixed image size) or row_end=true to be parsed")
             for tok in self._structure_tokens(cb):
                 if tok not in self.specials:
                     raise VocabError(f"{where} needs special token {tok}, absent from the layout")

@@ -30,7 +30,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from omniseq.config import ConfigError
 from omniseq.tokenizers.audio_io import AudioIOConfig, load_audio
-from omniseq.tokenizers.base import MediaTokenizer, register_tokenizer
+from omniseq.tokenizers.base import MediaTokenizer, freeze_untrained_codebooks, register_tokenizer
 from omniseq.vocab import FLATTENINGS, CodebookSpec
 
 
@@ -244,6 +244,7 @@ class RVQAudioTokenizer(MediaTokenizer):
         cfg.validate()
         self.cfg = cfg
         self.model = (model or self.codec_cls(cfg)).eval()
+        freeze_untrained_codebooks(self.model)
 
     @property
     def codebook_size(self) -> int:

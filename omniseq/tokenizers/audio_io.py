@@ -58,9 +58,23 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return data, int(sr)
 
 
+def to_float(samples: np.ndarray, source: object) -> np.ndarray:
+    """Float samples in [-1, 1]: integer PCM (int16 from scipy.io.wavfile, int32, uint8 with its 128
+    offset) is scaled by its full range; a cast alone would clip nearly every sample to +-1."""
+    x = np.asarray(samples)
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype.kind == "u":
+        info = np.iinfo(x.dtype)
+        return ((x.astype(np.float64) - (info.max + 1) / 2) / ((info.max + 1) / 2)).astype(np.float32)
+    if x.dtype.kind == "i":
+        return (x.astype(np.float64) / (np.iinfo(x.dtype).max + 1)).astype(np.float32)
+    raise MediaError(source, f"expected float or integer PCM samples, got dtype {x.dtype}")
+
+
 def to_mono(samples: np.ndarray, source: object) -> np.ndarray:
     """[T] or [T, C] -> [T] by averaging channels (stereo and multichannel alike)."""
-    x = np.asarray(samples, dtype=np.float32)
+    x = to_float(samples, source)
     if x.ndim == 2:
         x = x.mean(axis=1)
     elif x.ndim != 1:

@@ -109,7 +109,9 @@ def log_magnitude(wav: torch.Tensor, cfg: SpecCodecConfig) -> torch.Tensor:
     has one frame more than T / stft_hop; the last (centred past the end) is dropped so that a token frame
     is exactly `subframes` STFT frames."""
     win = torch.hann_window(cfg.n_fft, device=wav.device)
-    spec = torch.stft(wav, cfg.n_fft, cfg.stft_hop, window=win, return_complex=True)[..., :-1]
+    # reflect padding needs more than n_fft / 2 samples: a clip of a frame or two is zero-padded instead
+    pad_mode = "reflect" if wav.shape[-1] > cfg.n_fft // 2 else "constant"
+    spec = torch.stft(wav, cfg.n_fft, cfg.stft_hop, window=win, pad_mode=pad_mode, return_complex=True)[..., :-1]
     return spec.abs().clamp_min(cfg.log_floor).log()
 
 

@@ -127,6 +127,12 @@ class MediaTokenizer(abc.ABC):
     @abc.abstractmethod
     def from_config(cls, config: dict, weights: dict[str, torch.Tensor] | None = None) -> MediaTokenizer: ...
 
+    @classmethod
+    def saves_weights(cls, config: dict) -> bool:
+        """Whether a saved tokenizer of this config keeps its learned weights in WEIGHTS_FILE (rather than
+        reading them from elsewhere, as a video tokenizer made from an image tokenizer's folder does)."""
+        return True
+
     def fingerprint(self) -> str:
         return fingerprint({"kind": self.kind, **self.config_dict()}, self.weights())
 
@@ -159,5 +165,30 @@ def load_tokenizer(directory: str | Path, expect: type | None = None) -> MediaTo
     if expect is not None and expect is not MediaTokenizer and not issubclass(cls, expect):
         raise TypeError(f"{cfg_path}: holds a {kind!r} tokenizer, not a {expect.__name__}")
     weights_path = d / WEIGHTS_FILE
-    weights = load_file(weights_path) if weights_path.exists() else None
-    return cls.from_config(config, weights)
+    weights = None
+    if weights_path.exists():
+        try:
+            weights = load_file(weights_path)
+        except Exception as e:  # safetensors raises its own error type, naming no file
+            raise ValueError(f"{weights_path}: unreadable weights ({e}); save the tokenizer again") from None
+    tok = cls.from_config(config, weights)
+    if weights is None and tok.weights() and cls.saves_weights(config):
+        # without the file the tokenizer would be freshly initialised: its codes would mean nothing
+        raise FileNotFoundError(f"{weights_path} is missing: the {kind!r} tokenizer in {d} has learned weights")
+    return tok
+
+
+@torch.no_grad()
+def freeze_untrained_codebooks(model: torch.nn.Module, cosine: bool = False) -> None:
+    """vector-quantize-pytorch's k-means-initialised codebooks are all zeros until their first forward
+    pass, which then runs k-means on whatever it is given, even in eval mode: an untrained tokenizer's
+    encode would rewrite its weights and two copies would differ by what each encoded first. Such a
+    codebook (tests, benchmarks, a tokenizer built but not trained) gets a fixed random one instead."""
+    gen = torch.Generator().manual_seed(0)
+    for book in model.modules():
+        if not hasattr(book, "initted") or bool(book.initted.all()):
+            continue
+        embed = torch.randn(book.embed.shape, generator=gen)
+        book.embed.copy_(torch.nn.functional.normalize(embed, dim=-1) if cosine else embed)
+        book.embed_avg.copy_(book.embed)
+        book.initted.fill_(True)

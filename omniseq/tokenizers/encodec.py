@@ -122,7 +122,9 @@ class EncodecTokenizer(MediaTokenizer):
             flatten=self.cfg.flatten,
             rate=self.sample_rate / self.hop,
             fingerprint=self.fingerprint(),
-            config=self.config_dict(),
+            # where the weights sit is left out, as from the fingerprint: the same weights in another folder
+            # give the same layout (vocab hash)
+            config={k: v for k, v in self.config_dict().items() if k != "path"},
         )
 
     @classmethod

@@ -172,7 +172,9 @@ class HFImageTokenizer(MediaTokenizer):
             grid=grid,
             row_end=self.cfg.row_end,
             fingerprint=self.fingerprint(),
-            config=self.config_dict(),
+            # where the weights sit is left out, as from the fingerprint: the same weights in another folder
+            # give the same layout (vocab hash)
+            config={k: v for k, v in self.config_dict().items() if k != "path"},
         )
 
     @classmethod

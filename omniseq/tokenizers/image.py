@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
-from omniseq.tokenizers.base import MediaError, MediaTokenizer, register_tokenizer
+from omniseq.tokenizers.base import MediaError, MediaTokenizer, freeze_untrained_codebooks, register_tokenizer
 from omniseq.tokenizers.image_io import ImageIOConfig, load_image
 from omniseq.vocab import CodebookSpec
 
@@ -237,20 +237,7 @@ class VQImageTokenizer(MediaTokenizer):
     def __init__(self, cfg: VQImageConfig, model: VQAutoencoder | None = None):
         self.cfg = cfg
         self.model = (model or VQAutoencoder(cfg)).eval()
-        self._freeze_untrained_codebook()
-
-    @torch.no_grad()
-    def _freeze_untrained_codebook(self) -> None:
-        """A k-means-initialised VQ codebook is all zeros until its first forward pass, which then
-        runs k-means on whatever it is given: encode would rewrite the weights and differ between two
-        copies. An untrained tokenizer (tests, benchmarks) gets a fixed random codebook instead."""
-        book = getattr(self.model.quantizer, "_codebook", None)
-        if book is None or bool(book.initted):
-            return
-        embed = torch.randn(book.embed.shape, generator=torch.Generator().manual_seed(0))
-        book.embed.copy_(torch.nn.functional.normalize(embed, dim=-1) if self.cfg.vq_cosine else embed)
-        book.embed_avg.copy_(book.embed)
-        book.initted.fill_(True)
+        freeze_untrained_codebooks(self.model, cosine=self.cfg.vq_cosine)
 
     @property
     def codebook_size(self) -> int:

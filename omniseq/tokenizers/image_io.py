@@ -64,6 +64,8 @@ def open_image(path: str | Path | bytes, max_pixels: int) -> Image.Image:
             if w * h > max_pixels:
                 raise MediaError(name, f"{w}x{h} pixels exceeds max_pixels={max_pixels} (decompression-bomb guard)")
             img.load()
+            # phone photos store their rotation as an EXIF tag: without it they would be coded sideways
+            img = ImageOps.exif_transpose(img)
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -100,7 +102,7 @@ def array_to_rgb(a: np.ndarray, name: str = "<array>") -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
         a = a[..., :3] if a.shape[-1] != 1 else a[..., 0]
-    if a.ndim not in (2, 3):
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise MediaError(name, f"expected an image array [H, W] or [H, W, 1|3|4], got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise MediaError(name, f"zero-size image array, shape {a.shape}")

@@ -158,27 +158,31 @@ def train(cfg: ImageTrainConfig) -> dict:
     train_x, held, skipped = load_data(cfg)
     model = VQAutoencoder(cfg.tokenizer).train()  # not a tokenizer yet: k-means init needs real batches
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    step, rng = 0, np.random.default_rng(cfg.seed)
+    # seconds_before: training time of earlier runs (from the checkpoint), so that a resumed run keeps to
+    # max_minutes and its learning-rate schedule where they were, as the audio trainer does
+    step, rng, seconds_before = 0, np.random.default_rng(cfg.seed), 0.0
     ckpt = out / "ckpt.pt"
     if cfg.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, rng.bit_generator.state = state["step"], state["rng"]
+        seconds_before = state.get("train_seconds", 0.0)
         torch.set_rng_state(state["torch_rng"])
 
     def save_ckpt():
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
+        state["train_seconds"] = seconds_before + time.time() - start
         state |= {"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 
     start, cpu_start, first_loss, loss_ema = time.time(), time.process_time(), None, None
     bar = tqdm(total=cfg.steps, initial=step, desc="image tokenizer", unit="step")
-    while step < cfg.steps and not (cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes):
+    while step < cfg.steps and not (cfg.max_minutes and seconds_before + time.time() - start > 60 * cfg.max_minutes):
         x = to_pixels(train_x[rng.integers(0, len(train_x), cfg.batch_size)])
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, time.time() - start)
+            g["lr"] = lr_at(step, cfg, seconds_before + time.time() - start)
         recon, _, aux = model(x)
         rec = (recon - x).pow(2).mean() + cfg.l1_weight * (recon - x).abs().mean()
         loss = rec + aux
@@ -195,7 +199,7 @@ def train(cfg: ImageTrainConfig) -> dict:
         if step % cfg.ckpt_every == 0:
             save_ckpt()
     bar.close()
-    train_seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+    train_seconds, cpu_seconds = seconds_before + time.time() - start, time.process_time() - cpu_start
     save_ckpt()
     tok = VQImageTokenizer(cfg.tokenizer, model)
     metrics, recon = evaluate(tok, held)

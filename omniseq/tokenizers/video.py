@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from omniseq.tokenizers.base import (
     MediaError,
@@ -33,7 +34,7 @@ from omniseq.tokenizers.base import (
     register_tokenizer,
     tokenizer_class,
 )
-from omniseq.tokenizers.image_io import array_to_rgb
+from omniseq.tokenizers.image_io import array_to_rgb, to_rgb
 from omniseq.vocab import CodebookSpec
 
 SAMPLINGS = ("uniform", "difference")
@@ -56,10 +57,18 @@ class FrameVideoConfig:
             raise ValueError("fps and source_fps must be > 0 and max_frames >= 1")
 
 
+def _frame_to_rgb(frame: Any, name: str) -> np.ndarray:
+    # PIL frames go through their mode's conversion (palette expanded, alpha composited on the image
+    # readers' default white background), as images do; a bare array of palette indices would read as grey
+    if isinstance(frame, Image.Image):
+        return to_rgb(frame, name=name)
+    return array_to_rgb(np.asarray(frame), name)
+
+
 def read_video(source: Any, cfg: FrameVideoConfig) -> tuple[np.ndarray, np.ndarray]:
     """Any supported input -> (frames uint8 [N, H, W, 3], timestamps in seconds [N])."""
     if isinstance(source, (list, tuple)) or isinstance(source, np.ndarray):
-        frames = [array_to_rgb(np.asarray(f), f"<frame {i}>") for i, f in enumerate(source)]
+        frames = [_frame_to_rgb(f, f"<frame {i}>") for i, f in enumerate(source)]
         return _stack(frames, "<array>"), np.arange(len(frames)) / cfg.source_fps
     spec = str(source)
     path, _, rest = spec.partition(".npz:")
@@ -214,6 +223,7 @@ class FrameVideoTokenizer(MediaTokenizer):
             row_end=spec.row_end,
             rate=self.cfg.fps,
             shares="image" if self.cfg.share_image_range else None,
+            shares_fingerprint=self.image.fingerprint() if self.cfg.share_image_range else "",
             fingerprint=self.fingerprint(),
             config=self._identity(),
         )

@@ -81,6 +81,18 @@ def test_load_errors_name_the_problem(tmp_path):
         load_tokenizer(tmp_path / "bad")
 
 
+def test_a_missing_or_truncated_weights_file_is_an_error_naming_it(tmp_path):
+    # without the file, the tokenizer would be freshly initialised and its codes would mean nothing
+    d = ToyImageTokenizer(4, torch.tensor([0.0, 10.0, 20.0, 30.0])).save(tmp_path / "tok")
+    weights = (d / "weights.safetensors").read_bytes()
+    (d / "weights.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match=r"weights.safetensors: unreadable weights"):
+        load_tokenizer(d)
+    (d / "weights.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"weights.safetensors is missing"):
+        load_tokenizer(d)
+
+
 def test_registering_a_kind_twice_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
 

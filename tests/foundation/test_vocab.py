@@ -218,3 +218,9 @@ def test_media_ids_validates_codes():
         L.media_ids("image", np.zeros((3, 2), int))
     with pytest.raises(ValueError, match="integers"):
         L.media_ids("image", np.zeros((2, 2)))
+
+
+def test_an_image_range_without_grid_or_row_ends_is_refused():
+    # its spans could be written but never parsed back into rows
+    with pytest.raises(VocabError, match="needs a fixed grid"):
+        VocabLayout.build(TEXT, [CodebookSpec("image", "vq", 32, grid=None, row_end=False)])

@@ -138,3 +138,16 @@ def test_save_and_load_give_identical_codes_and_fingerprint(tmp_path, sine):
     np.testing.assert_array_equal(again.encode(sine, sample_rate=SR), tok.encode(sine, sample_rate=SR))
     other = initialised(tiny_cfg(flatten="frame"))
     assert other.fingerprint() != tok.fingerprint()  # the flattening is part of what the vocab records
+
+
+def test_an_untrained_codec_encodes_alike_whatever_it_encoded_first(tmp_path, sine):
+    # k-means-initialised codebooks would run k-means on the first clip encoded, even in eval mode
+    torch.manual_seed(0)
+    tok = RVQAudioTokenizer(tiny_cfg())
+    before = tok.fingerprint()
+    copy = load_tokenizer(tok.save(tmp_path / "tok"))
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, SR).astype(np.float32)
+    first = tok.encode(sine, SR)
+    copy.encode(noise, SR)
+    np.testing.assert_array_equal(copy.encode(sine, SR), first)
+    assert tok.fingerprint() == before

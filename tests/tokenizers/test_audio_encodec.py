@@ -67,3 +67,14 @@ def test_missing_directory_and_bad_settings_are_clear(model_dir, tmp_path):
         EncodecTokenizer(EncodecTokenizerConfig(path=str(model_dir), bandwidth=6.0))
     with pytest.raises(ConfigError, match="layers_used"):
         EncodecTokenizer(EncodecTokenizerConfig(path=str(model_dir), bandwidth=0.6, layers_used=3))
+
+
+def test_the_same_weights_in_another_folder_give_the_same_layout(model_dir, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(model_dir, tmp_path / "elsewhere")
+    specs = [
+        EncodecTokenizer(EncodecTokenizerConfig(path=str(d), bandwidth=1.2)).codebook_spec() for d in (model_dir, moved)
+    ]
+    hashes = [VocabLayout.build(TextSpec("sentencepiece", 100, "t"), [s]).hash for s in specs]
+    assert hashes[0] == hashes[1]

@@ -101,3 +101,14 @@ def test_arrays_need_a_rate_and_accept_channels_first():
         load_audio(tone(), SR)
     stereo = np.stack([tone(), -tone()])  # [C, T] as torch lays it out
     assert load_audio((stereo, SR), SR).samples.shape == (stereo.shape[1],)
+
+
+@pytest.mark.parametrize(
+    "dtype, full_scale", [(np.int16, 32768), (np.int32, 2**31), (np.uint8, 128)], ids=["int16", "int32", "uint8"]
+)
+def test_integer_pcm_arrays_are_scaled_not_clipped(dtype, full_scale):
+    # scipy.io.wavfile gives int16: a bare cast would clip nearly every sample to +-1
+    wave = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)
+    pcm = np.round(wave * full_scale + (full_scale if dtype == np.uint8 else 0)).astype(dtype)
+    clip = load_audio((pcm, 8000), 8000)
+    assert np.abs(clip.samples - wave).max() < 2 / full_scale + 1e-6

@@ -246,3 +246,11 @@ def test_stft_domain_keeps_the_fingerprint_of_tokenizers_saved_before_the_key(tm
     saved = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
     assert "domain" not in saved["config"]
     assert load_tokenizer(tmp_path / "tok").cfg.domain == "stft"
+
+
+def test_a_clip_of_one_frame_encodes():
+    # reflect padding of the STFT needs more than n_fft / 2 samples; one 20 ms frame at 16 kHz has 320
+    tok = SpecAudioTokenizer(SpecCodecConfig(channels=16, latent_dim=8, num_quantizers=2, layers_used=2,
+                                             codebook_size=16, kmeans_iters=1))  # fmt: skip
+    x = (0.3 * np.sin(2 * np.pi * 300 * np.arange(300) / 16000)).astype(np.float32)
+    assert tok.encode(x, 16000).shape == (2, tok.tokens_for(x, 16000) // 2)

@@ -172,6 +172,13 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert metrics["first_rec_loss"] is not None  # the resumed run trained (2 more steps), not 5 anew
 
 
+def test_a_resumed_run_keeps_the_time_budget_of_the_first(tmp_path):
+    # the checkpoint carries the seconds trained: a run stopped by max_minutes has nothing left to train
+    first = main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 10**6), "max_minutes=0.02"])
+    again = main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 10**6), "max_minutes=0.02"])
+    assert again["steps"] == first["steps"] and again["train_seconds"] >= first["train_seconds"]
+
+
 def _train_args(tmp_path: Path, steps: int) -> list[str]:
     np.savez(tmp_path / "shapes.npz", images=shapes(24, 32))
     return [f"sources=[{tmp_path / 'shapes.npz'}]", f"out={tmp_path / 'run'}", f"steps={steps}", "threads=1"]

@@ -126,3 +126,12 @@ def test_missing_file_and_bad_array_dtype(tmp_path):
         load_image(tmp_path / "nope.png")
     with pytest.raises(MediaError, match="dtype"):
         load_image(np.zeros((4, 4, 3), np.float32))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # a phone photo stored landscape with "rotate 90" in its EXIF is shown (and must be coded) portrait
+    img = Image.new("RGB", (40, 20), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
+    img.save(tmp_path / "photo.jpg", exif=exif)
+    assert load_image(tmp_path / "photo.jpg", ImageIOConfig(size=0)).shape == (40, 20, 3)

@@ -11,7 +11,7 @@ from omniseq.tokenizers.base import MediaError, load_tokenizer
 from omniseq.tokenizers.image import VQImageConfig, VQImageTokenizer
 from omniseq.tokenizers.image_io import ImageIOConfig
 from omniseq.tokenizers.video import FrameVideoConfig, FrameVideoTokenizer, read_video, write_mp4
-from omniseq.vocab import TextSpec, VocabLayout
+from omniseq.vocab import TextSpec, VocabError, VocabLayout
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,29 @@ def test_bad_videos_raise_media_error(image_dir, tmp_path):
         tok.encode(tmp_path / "many.npz")
     with pytest.raises(MediaError, match="no frames"):
         tok.encode(np.zeros((0, 16, 16, 3), np.uint8))
+
+
+def test_pil_frames_are_converted_by_their_mode_and_odd_channel_counts_refused(image_dir):
+    palette = Image.new("P", (16, 16))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    frames, _ = read_video([palette, Image.new("RGBA", (16, 16), (0, 0, 0, 0))], FrameVideoConfig())
+    assert frames[0, 0, 0].tolist() == [0, 0, 255] and frames[0, 1, 1].tolist() == [255, 0, 0]
+    assert frames[1, 0, 0].tolist() == [255, 255, 255]  # transparent on white, as the image readers do
+    with pytest.raises(MediaError, match=r"\[H, W, 1\|3\|4\], got shape \(16, 16, 2\)"):
+        read_video([np.zeros((16, 16, 2), np.uint8)], FrameVideoConfig())
+
+
+def test_a_video_sharing_the_image_range_must_code_with_the_layouts_image_tokenizer(image_dir, tmp_path):
+    video = video_tok(image_dir)
+    torch.manual_seed(1)
+    cfg = VQImageConfig(image=ImageIOConfig(size=16), downsample=4, base_channels=8, channel_mult=[1, 2])
+    cfg.embed_dim, cfg.codebook_size, cfg.codebook_dim = 8, 32, 4
+    retrained = VQImageTokenizer(cfg)  # same shape, other weights: the same ids would mean other codes
+    text = TextSpec("sentencepiece", 100, "t")
+    VocabLayout.build(text, [load_tokenizer(image_dir).codebook_spec(), video.codebook_spec()])
+    with pytest.raises(VocabError, match="codes with another image tokenizer"):
+        VocabLayout.build(text, [retrained.codebook_spec(), video.codebook_spec()])
 
 
 def test_real_animated_emoji_clip(image_dir, shared_data):
