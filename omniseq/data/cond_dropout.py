@@ -4,11 +4,16 @@ Guidance needs a model that also knows the unconditional distribution (Emu3 drop
 Show-o 10%, Liquid uses an `<unconditional>` token). The condition is what comes before the target:
 
     conversation  <bos> <|user|> CONDITION <|end|> <|assistant|> target ... -> the first user turn's content
-    plain         <bos> CONDITION target ... <eos>  (pairs: caption->image)  -> the first segment
+    plain         <bos> CONDITION target <eos>  -> everything before the last segment, which is the target:
+        text -> x   <bos> a red square\n [image] <eos>          -> <bos> <|uncond|> [image] <eos>
+        x -> text   <bos> Describe the image: [image] \na cat <eos> -> <bos> <|uncond|> \na cat <eos>
 
 and is replaced by a single `<|uncond|>`, which carries no loss. The sampler builds its unconditional
-rows the same way (omniseq.sample), so training and guidance see the same context. The decision is a
-pure function of (seed, source, position), so a resumed stream drops exactly the same documents.
+rows the same way (omniseq.sample.guidance.uncond_prompt: the whole prompt before what is generated,
+template words and media alike, becomes one `<|uncond|>`), so training and guidance see the same
+context; a captioning template's words after the media (`\n` above) stay, being part of the caption's
+text segment. The decision is a pure function of (seed, source, position), so a resumed stream drops
+exactly the same documents.
 """
 
 from __future__ import annotations
@@ -48,18 +53,22 @@ class CondDropout:
 def condition_span(doc: Doc, ids: CondDropout) -> tuple[int, int] | None:
     """[start, end) of the condition, or None when the document has no separable condition."""
     toks = doc.ids
+    if (toks == ids.end).any():  # a conversation (plain documents hold no <|end|>): the first user turn
+        users = np.flatnonzero(toks == ids.user)
+        if not users.size:
+            return None
+        u = int(users[0]) + 1
+        ends = np.flatnonzero(toks[u:] == ids.end)
+        return (u, u + int(ends[0])) if ends.size and ends[0] > 0 else None
     start = 1 if len(toks) and toks[0] == ids.bos else 0
-    if start < len(toks) and toks[start] == ids.user:
-        ends = np.flatnonzero(toks[start + 1 :] == ids.end)
-        return (start + 1, start + 1 + int(ends[0])) if ends.size and ends[0] > 0 else None
-    media_starts = doc.media_spans[:, 0] if len(doc.media_spans) else np.array([], dtype=np.int64)
-    if media_starts.size and media_starts[0] == start:  # media first: x -> text
-        end = int(doc.media_spans[0, 1])
-    else:  # text first: the text runs up to the first media span (or is the whole document)
-        end = int(media_starts[0]) if media_starts.size else None
-    if end is None or end <= start or end >= len(toks) - 1:
-        return None  # nothing follows the condition: a text-only or single-segment document
-    return start, end
+    spans = doc.media_spans
+    if not len(spans):
+        return None  # text only: no separable condition
+    last_start, last_end = int(spans[-1, 0]), int(spans[-1, 1])
+    # the target is the last segment: the last media span when only <eos> follows it (text -> x), else the
+    # text after it (x -> text, whatever template words come before the media)
+    end = last_start if last_end >= len(toks) - 1 else last_end
+    return (start, end) if end > start else None
 
 
 def replace_span(doc: Doc, start: int, end: int, token: int) -> Doc:

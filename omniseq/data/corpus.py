@@ -20,6 +20,7 @@ writes both directions of every pair instead.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -100,6 +101,28 @@ def read_line(f, offset: int, where: str) -> str:
         raise CorpusError(f"{where}: invalid UTF-8 at byte {e.start + 1}") from None
 
 
+def int_codes(value, where: str) -> np.ndarray:
+    """Inline codes as int64: a rectangular nested list of JSON integers. numpy alone would truncate 3.7
+    to 3 and read true or "5" as codes, hiding a corrupt line in the shards."""
+    try:
+        codes = np.asarray(value)
+    except ValueError as e:  # ragged
+        raise CorpusError(f"{where}: expected a rectangular nested list of integers ({e})") from None
+    if codes.ndim == 0:
+        raise CorpusError(f"{where}: expected a nested list of integers, got {value!r}")
+    if codes.size == 0:
+        return codes.astype(np.int64)  # an empty grid: the codec names the shape it expects
+    leaves = value  # rectangular: every leaf sits `ndim` lists deep
+    for _ in range(codes.ndim - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    bad = [x for x in leaves if type(x) is not int]  # not isinstance: true and false are ints too
+    if bad:
+        raise CorpusError(f"{where}: expected a nested list of integers, got {bad[0]!r}")
+    if codes.dtype.kind not in "iu":
+        raise CorpusError(f"{where}: codes must fit int64, got values numpy reads as {codes.dtype}")
+    return codes.astype(np.int64)
+
+
 def _segment(obj, base: Path, where: str) -> Segment:
     if isinstance(obj, dict):
         coded = [m for m in MEDIA if f"{m}_codes" in obj]
@@ -108,10 +131,7 @@ def _segment(obj, base: Path, where: str) -> Segment:
             extra = set(obj) - {f"{mod}_codes", "role", "loss"}
             if extra:
                 raise CorpusError(f"{where}: unexpected keys {sorted(extra)} beside {mod}_codes")
-            try:
-                codes = np.asarray(obj[f"{mod}_codes"], dtype=np.int64)
-            except (ValueError, TypeError) as e:
-                raise CorpusError(f"{where}.{mod}_codes: expected a nested list of integers ({e})") from None
+            codes = int_codes(obj[f"{mod}_codes"], f"{where}.{mod}_codes")
             try:
                 return Segment(mod, codes=codes, role=obj.get("role"), loss=obj.get("loss"))
             except ValueError as e:
@@ -141,7 +161,7 @@ def pair_records(obj: dict, base: Path, where: str, cfg: PairConfig, rng: random
         raise CorpusError(f"{where}: a pair needs one media field (image/audio/video or *_codes) and 'text'")
     if not isinstance(obj["text"], str) or not obj["text"]:
         raise CorpusError(f"{where}.text: expected a non-empty string")
-    media = _segment({media_keys[0]: obj[media_keys[0]]}, base, f"{where}.{media_keys[0]}")
+    media = _segment({media_keys[0]: obj[media_keys[0]]}, base, where)  # its errors name the field
     directions = ["x2t", "t2x"] if cfg.both else ["x2t" if rng.random() < cfg.p_x_to_text else "t2x"]
     out = []
     for d in directions:

@@ -31,8 +31,13 @@ from omniseq.data.shardset import DataError, read_manifest
 from omniseq.data.source import SourceStream
 from omniseq.vocab import VocabLayout
 
-STATE_FORMAT = "omniseq-stream/1"
+STATE_FORMAT = "omniseq-stream/2"  # /2: streams split by sample ranges, and the state names its settings
 MAX_EXAMPLES = 5
+# Draws of one source in a row that may yield no document (all dropped or bad) before the stream gives up:
+# the mixer keeps choosing a source whose token share lags, so a source that can yield nothing would hang
+# the stream. Two epochs of a source in a row hold one whole epoch, so by then none of its documents can
+# be used; 1000 bounds the wait on a large source (a source that yields one draw in a thousand is broken).
+MAX_EMPTY_DRAWS = 1000
 
 
 @dataclass
@@ -95,30 +100,66 @@ class PackedStream:
         self.positions = [0] * len(sources)
         self.counters = {"rows": 0, "documents": 0, "real_tokens": 0, "cut": 0, "dropped": 0, "bad": 0}
         self.bad_examples: list[str] = []
+        self.bad_samples: set[tuple[int, int]] = set()  # (source, sample number): each bad sample counts once
+        self.empty_runs = [[0, 0] for _ in sources]  # per source: [dropped, bad] of its current run of empty draws
+        self.empty_limit = [min(MAX_EMPTY_DRAWS, 2 * src.epoch_len) for src in self.sources]
 
-    def _fetch(self, s: int, pos: int) -> list[Pending]:
-        doc, why = self.sources[s].fetch(pos)
+    def _fetch(self, s: int, pos: int) -> tuple[list[Pending], str]:
+        """The chunks of the document at `pos` of source `s`, and what happened: "", "cut", "dropped" or "bad"."""
+        doc, why, sample = self.sources[s].fetch(pos)
         if doc is None:
-            self.counters["bad"] += 1
-            if len(self.bad_examples) < MAX_EXAMPLES:
-                self.bad_examples.append(why)
-            if self.counters["bad"] > self.opt.max_bad_samples:
-                raise DataError(
-                    f"more than max_bad_samples={self.opt.max_bad_samples} bad samples; first: {self.bad_examples}"
-                )
-            return []
+            self._count_bad(s, sample, why)
+            return [], "bad"
         chunks, what = fit_document(self.dropout.apply(doc, s, pos), self.seq_len, self.opt.long_docs)
         if what:
             self.counters[what] += 1
-        return [(c, (s, pos, i)) for i, c in enumerate(chunks)]
+        return [(c, (s, pos, i)) for i, c in enumerate(chunks)], what
+
+    def _count_bad(self, s: int, sample: int, why: str) -> None:
+        if (s, sample) in self.bad_samples:
+            return  # the same bad sample, met again in a later epoch
+        self.bad_samples.add((s, sample))
+        self.counters["bad"] += 1
+        if len(self.bad_examples) < MAX_EXAMPLES:
+            self.bad_examples.append(why)
+        if self.counters["bad"] > self.opt.max_bad_samples:
+            raise DataError(
+                f"more than max_bad_samples={self.opt.max_bad_samples} bad samples; first: {self.bad_examples}"
+            )
 
     def _draw(self) -> list[Pending]:
         s = self.mixer.choose()
         pos = self.positions[s]
         self.positions[s] += 1
-        out = self._fetch(s, pos)
+        out, what = self._fetch(s, pos)
         self.mixer.add(s, sum(len(c) for c, _ in out))
+        run = self.empty_runs[s]
+        if out:
+            run[:] = [0, 0]
+        else:
+            run[1 if what == "bad" else 0] += 1
+            if sum(run) >= self.empty_limit[s]:
+                raise self._starved(s)
         return out
+
+    def _starved(self, s: int) -> DataError:
+        dropped, bad = self.empty_runs[s]
+        causes = []
+        if dropped and self.opt.long_docs == "drop":
+            causes.append(
+                f"{dropped} dropped as longer than seq_len={self.seq_len}: raise seq_len or use long_docs: cut"
+            )
+        elif dropped:
+            causes.append(
+                f"{dropped} dropped as holding a media span longer than seq_len={self.seq_len}, which is never cut: "
+                "raise seq_len above the source's longest media span"
+            )
+        if bad:
+            causes.append(f"{bad} bad samples (on_error='skip'; the first ones: {self.bad_examples})")
+        return DataError(
+            f"source {self.names[s]!r} ({self.sources[s].dir}) yielded no document in {sum(self.empty_runs[s])} "
+            f"draws in a row ({self.sources[s].epoch_len} samples an epoch in this stream): " + "; ".join(causes)
+        )
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         rows = [self.packer.next_row(self._draw) for _ in range(self.batch_size)]
@@ -134,6 +175,8 @@ class PackedStream:
             "pool": [list(p) for p in self.packer.pending()],
             "counters": dict(self.counters),
             "bad_examples": list(self.bad_examples),
+            "bad_samples": sorted([s, n] for s, n in self.bad_samples),
+            "empty_runs": [list(r) for r in self.empty_runs],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -143,11 +186,18 @@ class PackedStream:
         self.mixer.load_state_dict(state["mixer"])
         pool = []
         for s, pos, i in state["pool"]:
-            chunks = self._fetch(int(s), int(pos))
+            chunks, _ = self._fetch(int(s), int(pos))
+            if int(i) >= len(chunks):
+                raise DataError(
+                    f"stream state's pool names chunk {i} of position {pos} of source {self.names[int(s)]!r}, which "
+                    f"has {len(chunks)}: the shard set or the packing settings changed since the state was saved"
+                )
             pool.append((chunks[int(i)][0], (int(s), int(pos), int(i))))
         self.packer.pool = pool
         # after the re-fetch, which would count its cuts a second time
         self.counters, self.bad_examples = dict(state["counters"]), list(state["bad_examples"])
+        self.bad_samples = {(int(s), int(n)) for s, n in state["bad_samples"]}
+        self.empty_runs = [[int(d), int(b)] for d, b in state["empty_runs"]]
 
     def stats(self) -> dict:
         c = self.counters
@@ -247,31 +297,39 @@ class TrainStream:
             self.next_worker = (logical + 1) % self.num_workers
             yield batch
 
-    def state_dict(self) -> dict:
+    def settings(self) -> dict:
+        """What a state's positions and pool mean: which document sits at each position, and how it is cut."""
         return {
-            "format": STATE_FORMAT,
             "rank": self.rank,
             "world_size": self.world_size,
             "seed": self.seed,
             "num_workers": self.num_workers,
+            "sources": [s.path for s in self.sources],
+            "shuffle_shards": self.opt.shuffle_shards,
+            "seq_len": self.seq_len,
+            "long_docs": self.opt.long_docs,
+            "cond_dropout": self.opt.cond_dropout,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            **self.settings(),
             "next_worker": self.next_worker,
             "workers": {str(k): v for k, v in self.worker_states.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != STATE_FORMAT:
-            raise DataError(f"data stream state has format {state.get('format')!r}, expected {STATE_FORMAT!r}")
-        mine = {
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "seed": self.seed,
-            "num_workers": self.num_workers,
-        }
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+            raise DataError(
+                f"data stream state has format {state.get('format')!r}, expected {STATE_FORMAT!r}: it was saved by "
+                "another version of the loader, whose positions mean other documents; start the data stream afresh"
+            )
+        diff = [f"{k}: saved {state.get(k)!r}, now {v!r}" for k, v in self.settings().items() if state.get(k) != v]
         if diff:
             raise DataError(
-                f"data stream state was saved with other settings (saved, now): {diff}; resuming "
-                "needs the same rank, world size, seed and number of workers"
+                f"data stream state was saved with other settings ({'; '.join(diff)}); resuming needs the same "
+                f"{', '.join(self.settings())}: change them only when starting the data stream afresh"
             )
         self.worker_states = {int(k): v for k, v in state["workers"].items()}
         self.next_worker = int(state["next_worker"])

@@ -70,11 +70,25 @@ class ShardConfig:
     pair: PairConfig = field(default_factory=PairConfig)  # pair directions and templates
 
 
-def config_hash(cfg: ShardConfig, vocab_hash: str) -> str:
-    """What determines the shards' content (not `workers` or `out`): the config and the vocabulary, whose
-    hash covers every tokenizer's weights (paths alone would let a retrained tokenizer reuse stale shards).
-    Resume refuses shards built with another one."""
-    d = {**asdict(cfg), "vocab_hash": vocab_hash}
+def corpus_digests(cfg: ShardConfig) -> list[str]:
+    """SHA-256 of every corpus file. A shard holds a slice of the lines' global order, so an edited corpus
+    moves lines between shards: resuming over it would write some documents twice and lose others."""
+    out = []
+    for c in cfg.corpora:
+        h = hashlib.sha256()
+        with Path(c.path).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        out.append(h.hexdigest())
+    return out
+
+
+def config_hash(cfg: ShardConfig, vocab_hash: str, corpora: list[str]) -> str:
+    """What determines the shards' content (not `workers` or `out`): the config, the corpora's contents
+    (`corpus_digests`) and the vocabulary, whose hash covers every tokenizer's weights (paths alone would
+    let a retrained tokenizer or an edited corpus reuse stale shards). Resume refuses shards built with
+    another one."""
+    d = {**asdict(cfg), "vocab_hash": vocab_hash, "corpora_sha256": corpora}
     for k in ("workers", "out", "max_skipped"):
         d.pop(k)
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]
@@ -120,8 +134,8 @@ def shard_path(cfg: ShardConfig, k: int, suffix: str = ".tar") -> Path:
     return Path(cfg.out) / f"{cfg.name}-{k:06d}{suffix}"
 
 
-def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]) -> dict:
-    """Write shard k from its slice; returns (and saves) its stats."""
+def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]], chash: str) -> dict:
+    """Write shard k from its slice; returns (and saves) its stats, stamped with the build's `config_hash`."""
     codec = _codec(cfg)
     stats = {
         "file": shard_path(cfg, k).name,
@@ -129,7 +143,7 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]
         "tokens": dict.fromkeys(MODALITIES, 0),
         "skipped": {},
         "examples": [],
-        "config_hash": config_hash(cfg, codec.layout.hash),
+        "config_hash": chash,
     }
 
     def skip(reason: str, err: Exception) -> None:
@@ -173,7 +187,8 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]
                 except ValueError as e:  # codes out of range, a grid of the wrong shape
                     skip("bad_document", f"{where}: {e}")
                     continue
-                key = f"{corpus_name(corpus)}_{lineno:09d}_{j}{f'_c{copy}' if copy else ''}".replace(".", "_")
+                # the corpus index keeps keys unique when two corpora share a name (train.jsonl in two folders)
+                key = f"{ci}_{corpus_name(corpus)}_{lineno:09d}_{j}{f'_c{copy}' if copy else ''}".replace(".", "_")
                 meta = {"source": where, "corpus": corpus_name(corpus), "direction": rec.direction}
                 sink.write(encode_sample(key, seq, meta))
                 stats["samples"] += 1
@@ -201,16 +216,15 @@ def _build_job(job) -> dict:
     return build_shard(*job)
 
 
-def _done_stats(cfg: ShardConfig, k: int, vocab_hash: str) -> dict | None:
+def _done_stats(cfg: ShardConfig, k: int, chash: str) -> dict | None:
     stats_file = shard_path(cfg, k, ".stats.json")
     if not (stats_file.is_file() and shard_path(cfg, k).is_file()):
         return None
     stats = json.loads(stats_file.read_text())
-    now = config_hash(cfg, vocab_hash)
-    if stats.get("config_hash") != now:
+    if stats.get("config_hash") != chash:
         raise DataError(
-            f"{stats_file} was built with another config or vocabulary (hash {stats.get('config_hash')}, now "
-            f"{now}): use a new `out` folder or delete the old shards"
+            f"{stats_file} was built with another config, corpus contents or vocabulary (hash "
+            f"{stats.get('config_hash')}, now {chash}): use a new `out` folder or delete the old shards"
         )
     return stats
 
@@ -221,9 +235,10 @@ def build_shards(cfg: ShardConfig, progress: bool = True) -> dict:
     _CODEC = None
     layout = _codec(cfg).layout  # fail on a bad vocab/tokenizer before any work
     slices = plan(cfg)
+    chash = config_hash(cfg, layout.hash, corpus_digests(cfg))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    stats = {k: s for k in range(len(slices)) if (s := _done_stats(cfg, k, layout.hash)) is not None}
-    todo = [(cfg, k, slices[k]) for k in range(len(slices)) if k not in stats]
+    stats = {k: s for k in range(len(slices)) if (s := _done_stats(cfg, k, chash)) is not None}
+    todo = [(cfg, k, slices[k], chash) for k in range(len(slices)) if k not in stats]
     bar = tqdm(total=len(slices), initial=len(stats), desc=f"shards {cfg.name}", unit="shard", disable=not progress)
     skipped = sum(sum(s["skipped"].values()) for s in stats.values())
     if cfg.workers > 1 and len(todo) > 1:

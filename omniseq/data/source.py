@@ -1,8 +1,12 @@
 """One shard set as an endless, shuffled, random-access stream for one (rank, worker).
 
-Splitting: stream `i` of `n` (i = rank * num_workers + worker, n = world_size * num_workers) reads
-shards i, i+n, i+2n, ... (WebDataset's split_by_node + split_by_worker); when a set has fewer shards
-than streams, every stream reads every shard and keeps the samples whose global index is i mod n.
+Splitting: stream `i` of `n` (i = rank * num_workers + worker, n = world_size * num_workers) takes
+the samples [i*N/n, (i+1)*N/n) of the set's global order (N samples, shard by shard as manifest.json
+lists them): every stream gets N/n samples, give or take one, whatever the shard sizes, and reads only
+the shards its range touches, decoding only its own samples of them. Splitting by whole shards
+(WebDataset's split_by_node + split_by_worker) would give a stream only what its shards hold: shards
+[10, 10, 10, 10, 1] over 5 ranks would train rank 4 on one document over and over. The builder
+shuffles lines across corpora (`shuffle`, the default), so a contiguous range is a random subset.
 
 Order: every epoch the stream's shards are permuted, and each block of `shuffle_shards` consecutive
 shards is read whole and permuted (a shuffle buffer the size of the block). Both permutations come
@@ -20,7 +24,22 @@ import numpy as np
 
 from omniseq.data.shardset import DataError, Doc, ShardError, decode_sample, iter_shard
 
-Fetched = tuple[Doc | None, str]  # the document, or None and why it was skipped
+# the document (or None and why it was skipped) and its sample number in the set (shard start + index):
+# a bad sample comes round once per epoch, and the loader counts it once
+Fetched = tuple[Doc | None, str, int]
+
+
+def split(counts: list[int], stream: int, n_streams: int) -> dict[int, range]:
+    """Stream `stream`'s samples of each shard it touches: its contiguous 1/n of the global order."""
+    total = sum(counts)
+    lo, hi = total * stream // n_streams, total * (stream + 1) // n_streams
+    out, start = {}, 0
+    for k, n in enumerate(counts):
+        a, b = max(lo, start), min(hi, start + n)
+        if a < b:
+            out[k] = range(a - start, b - start)
+        start += n
+    return out
 
 
 class SourceStream:
@@ -42,15 +61,9 @@ class SourceStream:
         shards = manifest["shards"]
         self.files = [str(self.dir / s["file"]) for s in shards]
         self.counts = [int(s["samples"]) for s in shards]
-        if len(shards) >= n_streams:
-            self.mine = list(range(stream, len(shards), n_streams))
-            self.keep = {k: np.arange(self.counts[k]) for k in self.mine}
-        else:
-            starts = np.cumsum([0, *self.counts[:-1]])
-            self.mine = list(range(len(shards)))
-            self.keep = {
-                k: np.flatnonzero((starts[k] + np.arange(self.counts[k])) % n_streams == stream) for k in self.mine
-            }
+        self.starts = np.cumsum([0, *self.counts[:-1]]).tolist()
+        self.keep = split(self.counts, stream, n_streams)
+        self.mine = list(self.keep)
         self.epoch_len = sum(len(v) for v in self.keep.values())
         if self.epoch_len == 0:
             raise DataError(
@@ -85,34 +98,39 @@ class SourceStream:
             self._cache[(epoch, b)] = self._load(blocks[b], epoch, b)
         return self._cache[(epoch, b)][r - (int(ends[b - 1]) if b else 0)]
 
-    def _read_shard(self, k: int) -> list[Fetched]:
-        url, want = self.files[k], self.counts[k]
-        out: list[Fetched] = []
-        broken = ""
+    def _decode(self, raw: dict, url: str) -> tuple[Doc | None, str]:
         try:
-            for raw in iter_shard(url):
-                try:
-                    out.append((decode_sample(raw, url, self.vocab_size), ""))
-                except ShardError as e:
-                    if self.on_error == "raise":
-                        raise
-                    out.append((None, str(e)))
+            return decode_sample(raw, url, self.vocab_size), ""
+        except ShardError as e:
+            if self.on_error == "raise":
+                raise
+            return None, str(e)
+
+    def _read_shard(self, k: int) -> list[Fetched]:
+        """This stream's samples of shard k, in shard order; the shard's other samples are not decoded."""
+        url, want, mine = self.files[k], self.counts[k], self.keep[k]
+        out: list[tuple[Doc | None, str]] = []
+        n, broken = 0, ""
+        try:
+            for i, raw in enumerate(iter_shard(url)):
+                n = i + 1
+                if i in mine:
+                    out.append(self._decode(raw, url))
         except ShardError as e:
             if self.on_error == "raise":
                 raise
             broken = str(e)  # the tar breaks here: the samples read before it are still good
-        if len(out) < want:
-            err = broken or f"{url}: {len(out)} samples, manifest.json says {want} (truncated?)"
+        if n < want:
+            err = broken or f"{url}: {n} samples, manifest.json says {want} (truncated?)"
             if self.on_error == "raise":
                 raise ShardError(err)
-            out += [(None, err)] * (want - len(out))
-        elif len(out) > want:
-            raise ShardError(f"{url}: more samples ({len(out)}) than manifest.json says ({want}): stale manifest?")
-        return out
+            out += [(None, err)] * (len(mine) - len(out))
+        elif n > want:
+            raise ShardError(f"{url}: more samples ({n}) than manifest.json says ({want}): stale manifest?")
+        return [(doc, why, self.starts[k] + i) for (doc, why), i in zip(out, mine)]
 
     def _load(self, block: list[int], epoch: int, b: int) -> list[Fetched]:
         samples: list[Fetched] = []
         for k in block:
-            shard = self._read_shard(k)
-            samples += [shard[i] for i in self.keep[k]]
+            samples += self._read_shard(k)
         return [samples[i] for i in self._rng(epoch, b).permutation(len(samples))]

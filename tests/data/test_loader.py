@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import json
+import re
+import signal
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from omniseq.data.corpus import CorpusConfig
 from omniseq.data.loader import LoaderOptions, SourceConfig, build_train_stream
 from omniseq.data.shards import build_shards
 from omniseq.data.shardset import DataError, ShardError, decode_sample, iter_shard, read_manifest
+from omniseq.data.source import split
 from omniseq.vocab import CodebookSpec, VocabLayout, VocabMismatchError
 
 
@@ -139,7 +145,7 @@ def first_epoch(out: str, layout, on_error: str, max_bad: int = 100):
     )
     worker = stream.worker_stream(0)
     n = worker.sources[0].epoch_len
-    return [worker._fetch(0, p) for p in range(n)], worker
+    return [worker._fetch(0, p)[0] for p in range(n)], worker
 
 
 @pytest.mark.parametrize(
@@ -202,3 +208,113 @@ def test_in_process_stream_resumes_exactly_and_round_trips_through_torch_save(sh
     for x, y in zip(full[5:], take(resumed, 4)):
         assert all(torch.equal(x[k], y[k]) for k in x)
     assert resumed.stats() == whole.stats() and whole.stats()["rows"] == 27
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail instead of hanging: a stream that never yields would block the test run forever."""
+
+    def fail(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize(
+    "policy, cause",
+    [
+        ("cut", "48 dropped as holding a media span longer than seq_len=8"),
+        ("drop", "48 dropped as longer than seq_len=8"),
+    ],
+)
+def test_a_source_whose_documents_are_all_dropped_raises_naming_it_instead_of_hanging(shard_env, policy, cause):
+    cfg, layout = shard_env
+    text, media = build(cfg, "text", slice(3, 4)), build(cfg, "media", slice(0, 1))  # image spans: 10 tokens
+    sources = [SourceConfig(text, 0.9), SourceConfig(media, 0.1)]
+    stream = build_train_stream(sources, 8, 1, 0, 1, seed=0, layout=layout, options=LoaderOptions(long_docs=policy))
+    with within(20), pytest.raises(DataError, match=rf"source 'media' .* 48 draws in a row .*: {cause}"):
+        next(iter(stream))  # 24 pairs, none fits: two epochs of them in a row
+
+
+def sample_ranges(counts: list[int], n: int) -> list[list[int]]:
+    starts = np.cumsum([0, *counts[:-1]])
+    return [[int(starts[k]) + i for k, r in split(counts, i, n).items() for i in r] for i in range(n)]
+
+
+@pytest.mark.parametrize("counts, n", [([10, 10, 10, 10, 1], 5), ([5, 5, 5, 5, 4], 4), ([7], 3), ([3, 9, 1, 6], 2)])
+def test_every_stream_gets_an_equal_share_of_the_samples_whatever_the_shard_sizes(counts, n):
+    streams = sample_ranges(counts, n)
+    assert max(map(len, streams)) - min(map(len, streams)) <= 1
+    assert sorted(sum(streams, [])) == list(range(sum(counts)))  # each sample in exactly one stream
+
+
+def test_ranks_over_unequal_shards_each_train_on_their_own_fifth(shard_env, tmp_path):
+    cfg, layout = shard_env
+    corpus = tmp_path / "t.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"the cat {i} sat"}) + "\n" for i in range(41)))
+    out = str(tmp_path / "s")
+    m = build_shards(replace(cfg, corpora=[CorpusConfig(str(corpus), "text")], out=out), progress=False)
+    assert [s["samples"] for s in m["shards"]] == [10, 10, 10, 10, 1]
+    seen = []
+    for rank in range(5):
+        worker = build_train_stream([SourceConfig(out)], 64, 4, rank, 5, seed=0, layout=layout).worker_stream(0)
+        src = worker.sources[0]
+        docs = [tuple(src.fetch(p)[0].ids.tolist()) for p in range(src.epoch_len)]
+        assert src.epoch_len in (8, 9) and len(set(docs)) == src.epoch_len
+        seen += docs
+    assert sorted(seen) == sorted(stored_docs(out, layout))  # the ranks share the set exactly
+
+
+def test_a_bad_sample_counts_once_however_many_epochs_come_round(shard_env):
+    cfg, layout = shard_env
+    out = build(cfg, "text", slice(3, 4))
+    shard = Path(out) / "shard-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 10240 - 1024])  # the last sample is cut off
+    stream = build_train_stream(
+        [SourceConfig(out)], 256, 1, 0, 1, seed=0, layout=layout,
+        options=LoaderOptions(pool_size=1, on_error="skip", max_bad_samples=1),
+    )  # fmt: skip
+    worker = stream.worker_stream(0)
+    n = worker.sources[0].epoch_len
+    for p in range(2 * n):
+        worker._fetch(0, p)
+    resumed = stream.worker_stream(0, json.loads(json.dumps(worker.state_dict())))
+    for p in range(2 * n, 4 * n):  # two more epochs, after a resume
+        resumed._fetch(0, p)
+    assert resumed.counters["bad"] == 1 and len(resumed.bad_examples) == 1
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(seq_len=64), "seq_len: saved 32, now 64"),
+        (dict(seq_len=24), "seq_len: saved 32, now 24"),
+        (dict(long_docs="drop"), "long_docs: saved 'cut', now 'drop'"),
+        (dict(cond_dropout=0.1), "cond_dropout: saved 0.0, now 0.1"),
+        (dict(shuffle_shards=1), "shuffle_shards: saved 2, now 1"),
+        (dict(sources="b"), "sources: saved"),
+    ],
+)
+def test_resume_with_other_stream_settings_is_refused_naming_the_field(shard_env, change, field):
+    cfg, layout = shard_env
+    paths = {"a": build(cfg, "a", slice(3, 4)), "b": build(cfg, "b", slice(1, 2))}
+
+    def make(seq_len=32, sources="a", **opts):
+        options = LoaderOptions(pool_size=8, **opts)
+        return build_train_stream(
+            [SourceConfig(paths[sources])], seq_len, 2, 0, 1, seed=0, layout=layout, options=options
+        )
+
+    first = make()
+    take(first, 3)
+    state = json.loads(json.dumps(first.state_dict()))
+    make().load_state_dict(state)  # the same settings resume
+    with pytest.raises(DataError, match=re.escape(field)):
+        make(**change).load_state_dict(state)

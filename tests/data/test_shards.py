@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniseq.data.corpus import CorpusError, read_corpus
+from omniseq.data.corpus import CorpusConfig, CorpusError, read_corpus
+from omniseq.data.loader import SourceConfig, build_train_stream
 from omniseq.data.shards import build_shards, load_codec, main
 from omniseq.data.shardset import DataError, decode_sample, iter_shard, read_manifest
 from omniseq.vocab import VocabLayout
@@ -77,8 +78,35 @@ def test_resume_refuses_shards_of_a_retrained_tokenizer(shard_env):
     build_shards(cfg, progress=False)
     retrained = replace(layout.codebook("audio"), fingerprint="weights after retraining")
     VocabLayout(layout.text, layout.specials, {**layout.codebooks, "audio": retrained}).save(cfg.vocab)
-    with pytest.raises(DataError, match="another config or vocabulary"):
+    with pytest.raises(DataError, match="another config, corpus contents or vocabulary"):
         build_shards(cfg, progress=False)
+
+
+def test_resume_refuses_shards_of_an_edited_corpus(shard_env):
+    """Same paths, a line removed: every later line moves to another shard, so kept shards would hold some
+    documents twice and lose others."""
+    cfg, _ = shard_env
+    build_shards(cfg, progress=False)
+    os.remove(Path(cfg.out) / "shard-000004.stats.json")  # a kill before shard 4 was recorded
+    corpus = Path(cfg.corpora[3].path)
+    corpus.write_text("".join(corpus.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(DataError, match="shard-000000.stats.json was built with another config, corpus contents"):
+        build_shards(cfg, progress=False)
+
+
+def test_corpora_with_the_same_name_get_distinct_keys_and_load(shard_env, tmp_path):
+    cfg, layout = shard_env
+    corpora = []
+    for d in ("coco", "cc3m"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "train.jsonl").write_text(json.dumps({"text": f"the red cat sat on {d}"}) + "\n")
+        corpora.append(CorpusConfig(path=str(tmp_path / d / "train.jsonl"), format="text"))
+    out = str(tmp_path / "same")
+    m = build_shards(replace(cfg, corpora=corpora, out=out, shuffle=False), progress=False)
+    keys = [raw["__key__"] for raw in iter_shard(str(Path(out) / m["shards"][0]["file"]))]
+    assert keys == ["0_train_000000001_0", "1_train_000000001_0"]
+    stream = build_train_stream([SourceConfig(out)], 64, 1, 0, 1, seed=0, layout=layout)
+    assert stream.worker_stream(0).sources[0].fetch(1)[0] is not None  # one sample each, not one merged
 
 
 def test_pair_directions_follow_the_probability(shard_env):
