@@ -94,7 +94,7 @@ class CodebookSpec:
     row_end: bool = False  # image/video: a <|row_end|> after every row
     rate: float = 0.0  # audio: frames per second; video: frames per second sampled
     shares: str | None = None  # reuse the id range of this modality (video -> "image")
-    shares_fingerprint: str = ""  # with `shares`: the fingerprint of the tokenizer whose codes fill that range
+    shares_fingerprint: str = ""  # with `shares`: the tokenizer whose codes fill that range (checked, not saved)
     fingerprint: str = ""  # sha256 of the tokenizer's config and weights
     config: dict = field(default_factory=dict)  # the tokenizer's own config, for the record
     offset: int = -1  # first id of the range; assigned by VocabLayout.build
@@ -236,10 +236,16 @@ class VocabLayout:
             "size": self.text.size + len(self.specials) + sum(c.range_size for c in self._owners()),
             "text": asdict(self.text),
             "specials": {name: self.text.size + i for i, name in enumerate(self.specials)},
-            "codebooks": {
-                m: {**asdict(c), "grid": list(c.grid) if c.grid else None} for m, c in self.codebooks.items()
-            },
+            "codebooks": {m: self._codebook_record(c) for m, c in self.codebooks.items()},
         }
+
+    @staticmethod
+    def _codebook_record(c: CodebookSpec) -> dict:
+        record = {**asdict(c), "grid": list(c.grid) if c.grid else None}
+        # checked when a layout is built from the tokenizers, not recorded: the video's own fingerprint
+        # already covers the image weights it embeds, and layouts written before the check keep their hash
+        del record["shares_fingerprint"]
+        return record
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
