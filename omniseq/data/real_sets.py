@@ -5,7 +5,7 @@ sets through these functions, so a scorer never trains on an item the model is e
 
     mnist          images 8000.. (the last 1000) are eval
     fsdd           the official test split (recording index 0-4 of every speaker and digit) is eval
-    esc10_16k      fold 4 is eval (folds 1-3 train)
+    esc10_16k      fold 4 is eval, every other fold trains (the stored copy holds folds 1-4)
     ljspeech_mini  the last 4 clips are eval
     emoji_static   every emoji trains in the google style; the twitter style of every 10th is eval (a
                    style shift: the model learns the name from one style and is asked in the other)

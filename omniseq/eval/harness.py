@@ -144,6 +144,15 @@ def perplexity(model: Transformer, layout, sources: list[str], batches: int, dev
     return {m: math.exp(ce[i] / n[i]) for i, m in enumerate(MODALITIES) if n[i] > 0}
 
 
+def task_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per task, the mean of each score over its rows. Reads the rows without changing them: results.json
+    keeps them, task labels included."""
+    by_task = defaultdict(list)
+    for r in rows:
+        by_task[r["task"]].append({k: v for k, v in r.items() if k != "task"})
+    return {t: mean_scores(rs) for t, rs in by_task.items()}
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     items = load_items(cfg.corpus, cfg.per_direction)
@@ -162,13 +171,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
         results["rows"]["random"] = score_rows(session, items, base, recogniser, cfg.text_tokens)
         session.model = trained
-    table = {}
-    for name, rows in results["rows"].items():
-        by_task = defaultdict(list)
-        for r in rows:
-            by_task[r.pop("task")].append(r)
-        table[name] = {t: mean_scores(rs) for t, rs in by_task.items()}
-    results["table"] = table
+    results["table"] = {name: task_means(rows) for name, rows in results["rows"].items()}
     if cfg.perplexity_sources:
         results["perplexity"] = perplexity(session.model, session.layout, cfg.perplexity_sources,
                                            cfg.perplexity_batches, session.device)  # fmt: skip

@@ -12,9 +12,11 @@ on the eval split exactly as generated media are: raw media in, label out (`pred
                   3.8 kHz (an FSDD recording is empty above 4 kHz, and a codec's faint noise there must not
                   move the classifier), trimmed to the voiced span and stretched to a fixed number of
                   frames (speaking rate drops out), standardised (gain drops out) -> CNN.
-    sound         ESC-10, folds 1-3 train, fold 4 eval. Log-mel windows of ~2 s, the length of a generated
-                  sound: random active crops in training; at prediction the mean class probability over
-                  the active windows (those within `active_db` of the loudest), so a 2 s clip is one window.
+    sound         ESC-10, fold 4 eval, every other fold train (real_sets.esc10: folds 1-3 with the stored
+                  esc10_16k, which holds folds 1-4; fold 5 too where a copy has it). Log-mel windows of
+                  ~2 s, the length of a generated sound: random active crops in training; at prediction the
+                  mean class probability over the active windows (those within `active_db` of the loudest),
+                  so a 2 s clip is one window.
 
 One small CNN for all (conv-BN-ReLU-maxpool blocks, global average pool, linear), AdamW with a one-cycle
 schedule, deterministic by seed. `load_or_train` caches a trained scorer under cache_dir/<name>, keyed by

@@ -59,7 +59,9 @@ class SpanConstraints:
     Use: `prefill(prompts)` consumes the prompts (validating them; generation may start inside a
     span), then per step `allowed()` -> [B, V] mask, sample, `advance(tokens)`. `force[b]` is a
     MODALITY_ID or -1: while it is set and the row is in text, only that modality's opening sentinel
-    is allowed; it clears when the row opens a span ("answer with an image").
+    is allowed; it clears when the row opens a span during generation ("answer with an image"). Spans in
+    the prompt leave it set (the question's clip is no answer), and so does a span the prompt ends inside:
+    the row finishes that span, then opens the forced one.
     """
 
     def __init__(
@@ -87,6 +89,10 @@ class SpanConstraints:
                 raise ConstraintError(f"force[{b}] = {m!r}: expected one of {sorted(self.present)} or None")
         self.force = torch.tensor([MODALITY_ID[m] if m else -1 for m in force], device=self.device)
         self._phase_modality = torch.tensor(PHASE_MODALITY, device=self.device)
+        need_by_id = [0] * len(MODALITY_ID)
+        for m, n in self.need.items():
+            need_by_id[MODALITY_ID[m]] = n
+        self.need_by_id = torch.tensor(need_by_id, device=self.device)  # shortest span by MODALITY_ID
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _resolve_shapes(self) -> None:
@@ -222,7 +228,10 @@ class SpanConstraints:
         ph, f = self.phase, self.frames
         e = self.base_t[ph]
         one = torch.ones_like(self.in_turn)
-        rem = self.remaining if strict else torch.full_like(self.remaining, 2**62)
+        # A forced row still inside its prompt's span keeps the forced span's shortest length in reserve, so the
+        # span it is finishing cannot grow into the budget the forced one needs (in text the force row rules).
+        reserve = torch.where(self.force >= 0, self.need_by_id[self.force.clamp(min=0)], 0)
+        rem = self.remaining - reserve if strict else torch.full_like(self.remaining, 2**62)
         bits = (self.in_turn & ("<|end|>" in self.layout.special_ids)).long() * 8
         for i, m in enumerate(("image", "audio", "video")):
             if m in self.present:
@@ -351,8 +360,9 @@ class SpanConstraints:
         put(text & (c == C_OPEN["video"]), phase=VID_CODE, row=0, col=0, frames=0)
         put(text & (c == C_OPEN["audio"]), phase=AUD_BOUNDARY if self.free_audio else AUD_L1,
             frames=0, layer=0)  # fmt: skip
-        opened = text & ((c == C_OPEN["image"]) | (c == C_OPEN["audio"]) | (c == C_OPEN["video"])) & active
-        force = torch.where(opened, -1, force)
+        if generating:  # a span in the prompt does not answer the force: only a generated one spends it
+            opened = text & ((c == C_OPEN["image"]) | (c == C_OPEN["audio"]) | (c == C_OPEN["video"])) & active
+            force = torch.where(opened, -1, force)
         put(text & (c == C_EOS), phase=DONE)
         if generating:
             put(text & (c == C_END), phase=DONE)

@@ -138,16 +138,7 @@ def generate(
         layout, cfg.constraints, B, torch.tensor(budget_list), list(force) if force else None, device
     )
     state.prefill(prompts)
-    for b, need in enumerate(state.tokens_to_close()):
-        if budget_list[b] < need:
-            raise ConstraintError(
-                f"prompt {b} ends inside a span that needs at least {need} more tokens; budget {budget_list[b]}"
-            )
-    for b, m in enumerate(force or []):
-        if m is not None and budget_list[b] < state.need[m]:
-            raise ConstraintError(
-                f"row {b} is forced to answer with {m}, which needs {state.need[m]} tokens; budget {budget_list[b]}"
-            )
+    _check_budgets(state, budget_list, force)
     sampler = Sampler(cfg.sampling, seed_list, device)
     guided = cfg.sampling.guided()
     rows = prompts
@@ -163,7 +154,10 @@ def generate(
     pad_id = layout.id("<pad>")
     ids, lengths = right_pad(rows, pad_id, device)
     steps = max(budget_list)
-    decoder.setup_cache(len(rows), ids.shape[1] + steps)
+    # Each row has its own positions, so the cache needs the longest prompt + budget of any one row (a twin
+    # row has its conditional row's budget), not the longest prompt plus the largest budget.
+    slots = max(len(r) + budget_list[i % B] for i, r in enumerate(rows))
+    decoder.setup_cache(len(rows), slots)
     logits = decoder.prefill(ids, lengths)
     pos = lengths
     seen = torch.zeros(B, layout.size, dtype=torch.bool, device=device)
@@ -182,8 +176,26 @@ def generate(
             break
         step_ids = torch.cat([tok, tok]) if guided else tok
         logits = decoder.decode_step(step_ids[:, None], pos)
-        pos = pos + 1
+        # A row runs out of budget (and finishes) before its position leaves the cache; a finished row keeps
+        # stepping with the others, rewriting its last slot, whose logits nobody reads.
+        pos = (pos + 1).clamp(max=slots - 1)
     return _trim(out.cpu().numpy(), pad_id)
+
+
+def _check_budgets(state: SpanConstraints, budgets: list[int], force: Sequence[str | None] | None) -> None:
+    """Refuse budgets that would cut a span: a prompt's unfinished span, then the forced one after it."""
+    closes = state.tokens_to_close()
+    for b, need in enumerate(closes):
+        if budgets[b] < need:
+            raise ConstraintError(
+                f"prompt {b} ends inside a span that needs at least {need} more tokens; budget {budgets[b]}"
+            )
+    for b, m in enumerate(force or []):
+        if m is not None and budgets[b] < closes[b] + state.need[m]:
+            after = f" after the {closes[b]} that finish its prompt's span" if closes[b] else ""
+            raise ConstraintError(
+                f"row {b} is forced to answer with {m}, which needs {state.need[m]} tokens{after}; budget {budgets[b]}"
+            )
 
 
 def _trim(out: np.ndarray, pad_id: int) -> list[np.ndarray]:

@@ -63,7 +63,8 @@ def render(
 ) -> dict:
     """Render full id rows (prompt + generated) into `out_dir`; returns the manifest it writes.
 
-    Pieces before `prompt_lens[b]` are marked `"generated": false`.
+    Pieces before `prompt_lens[b]` are marked `"generated": false`; a text run that crosses it (a plain
+    document continued without chat turns) is split there into a prompt piece and a generated one.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,21 +89,34 @@ def render(
                 tok = int(p.payload[0])
                 role = role_ids.get(tok, None if tok == end_id else role)
                 continue
+            if p.modality == "text":
+                entry["pieces"] += _text_items(codec, p.payload, p.start, p_len, role)
+                continue
             item = {
                 "modality": p.modality,
                 "tokens": p.end - p.start,
                 "role": role,
-                "generated": p.end > p_len,
+                "generated": p.end > p_len,  # a span the prompt opened and the model finished counts as generated
+                "shape": list(p.payload.shape),
             }
-            if p.modality == "text":
-                item["text"] = codec.text.decode(p.payload)
-            else:
-                item["shape"] = list(p.payload.shape)
-                item |= _render_media(codec, p.modality, p.payload, out / f"row{b:03d}_{j:02d}.{EXT[p.modality]}")
+            item |= _render_media(codec, p.modality, p.payload, out / f"row{b:03d}_{j:02d}.{EXT[p.modality]}")
             entry["pieces"].append(item)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     (out / "index.html").write_text(page(manifest), encoding="utf-8")
     return manifest
+
+
+def _text_items(codec: DocumentCodec, ids: np.ndarray, start: int, p_len: int, role: str | None) -> list[dict]:
+    """A text run as manifest pieces, split where generation starts: without chat turns (`chat: false`) the
+    model continues the prompt's text, and only the continuation is the model's."""
+    cut = min(max(p_len - start, 0), len(ids))
+    full = codec.text.decode(ids)
+    head = codec.text.decode(ids[:cut])
+    # Decode the whole run and take what follows the prompt's text, so a word split at the cut keeps its
+    # spacing; decode the tail alone only if the tokenizer does not decode prefix-wise.
+    tail = full[len(head) :] if full.startswith(head) else codec.text.decode(ids[cut:])
+    parts = [(head, cut, False), (tail, len(ids) - cut, True)]
+    return [{"modality": "text", "tokens": n, "role": role, "generated": gen, "text": t} for t, n, gen in parts if n]
 
 
 def _render_media(codec: DocumentCodec, modality: str, codes: np.ndarray, path: Path) -> dict:

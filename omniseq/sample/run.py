@@ -131,21 +131,34 @@ class SamplingSession:
         cfg = self.cfg
         if not ids:
             return []
-        room = self.model.cfg.max_seq_len - max(len(p) for p in ids)
-        if room <= 0:
-            longest = int(np.argmax([len(p) for p in ids]))
-            raise ConfigError(f"prompt {longest} has {len(ids[longest])} tokens; the model's context is "
-                              f"{self.model.cfg.max_seq_len}")  # fmt: skip
-        gen_cfg = GenerateConfig(**{**cfg.generate.__dict__, "max_new_tokens": min(cfg.generate.max_new_tokens, room)})
-        budgets = budgets or [gen_cfg.max_new_tokens] * len(ids)
+        budgets = self.row_budgets(ids, budgets, uncond)
         force = force or [None] * len(ids)
         seeds = seeds or [cfg.generate.seed + i for i in range(len(ids))]
         out = []
         for i in range(0, len(ids), cfg.batch_size):
             part = slice(i, i + cfg.batch_size)
-            out += generate(self.model, self.layout, ids[part], gen_cfg, force=force[part], seeds=seeds[part],
-                            budgets=[min(r, gen_cfg.max_new_tokens) for r in budgets[part]],
-                            uncond_prompts=uncond[part] if uncond else None, device=self.device)  # fmt: skip
+            out += generate(self.model, self.layout, ids[part], cfg.generate, force=force[part], seeds=seeds[part],
+                            budgets=budgets[part], uncond_prompts=uncond[part] if uncond else None,
+                            device=self.device)  # fmt: skip
+        return out
+
+    def row_budgets(
+        self, ids: list[np.ndarray], budgets: list[int] | None, uncond: list[np.ndarray] | None = None
+    ) -> list[int]:
+        """Each row's budget: its own (default cfg.generate.max_new_tokens), at most max_new_tokens, and at most
+        the context its prompt (and its unconditional twin) leaves. Per row: rows have their own positions, so
+        one long prompt does not shorten the others."""
+        context, cap = self.model.cfg.max_seq_len, self.cfg.generate.max_new_tokens
+        budgets = budgets or [cap] * len(ids)
+        if len(budgets) != len(ids):
+            raise ConfigError(f"{len(budgets)} budgets for {len(ids)} prompts")
+        out = []
+        for b, (p, budget) in enumerate(zip(ids, budgets)):
+            longest = max(len(p), len(uncond[b]) if uncond else 0)
+            if longest >= context:
+                what = f"prompt {b}" if longest == len(p) else f"the unconditional twin of prompt {b}"
+                raise ConfigError(f"{what} has {longest} tokens; the model's context is {context}")
+            out.append(min(budget, cap, context - longest))
         return out
 
     def media_after_words(

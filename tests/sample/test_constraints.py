@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from omniseq.sample import ConstraintConfig, ConstraintError, SpanConstraints
-from omniseq.vocab import MODALITY_ID
+from omniseq.vocab import MODALITY_ID, OPEN
 
 from .conftest import allowed_ids
 
@@ -164,6 +165,37 @@ def test_forced_modality_and_finished_rows(tiny_layout):
     assert L.id("<eos>") in allowed_ids(s) and len(allowed_ids(s)) > 3  # the force is spent
     feed(s, L.id("<eos>"))
     assert allowed_ids(s) == {L.id("<pad>")} and s.done().all()
+
+
+@pytest.mark.parametrize("force", ["image", "audio", "video"])
+def test_media_spans_in_the_prompt_leave_the_force_set(tiny_layout, text_tokenizer, force):
+    """The prompt's clip (sample.py --audio x.wav --force image) is the question, not the answer: prefill
+    opens and closes its spans, and the row must still open the forced span first."""
+    L = tiny_layout
+    rng = np.random.default_rng(0)
+    spans = [
+        L.media_ids("image", rng.integers(0, 16, (2, 3))),
+        L.media_ids("audio", rng.integers(0, 8, (3, 2))),
+        L.media_ids("video", rng.integers(0, 16, (2, 2, 3))),
+    ]
+    user = [L.id("<|user|>"), *text_tokenizer.encode("what is this?"), *np.concatenate(spans).tolist()]
+    s = state_after(L, [L.id("<bos>"), *user, L.id("<|end|>"), L.id("<|assistant|>")], force=force)
+    assert allowed_ids(s) == {L.id(OPEN[force])}
+    assert s.force.tolist() == [MODALITY_ID[force]]
+
+
+def test_span_the_prompt_ends_inside_leaves_room_for_the_forced_one(tiny_layout):
+    """A prompt ending inside a video with an image forced: the video may not grow into the image's budget."""
+    L = tiny_layout
+    frame = ([min(codes(L, "image"))] * 3 + [L.id("<|row_end|>")]) * 2
+    s = state_after(L, [L.id("<bos>"), L.id("<|video|>")], budget=9 + 10, force="image")  # close 9, image 10
+    feed(s, *frame)
+    assert allowed_ids(s) == {L.id("<|/video|>")}  # another frame would fit only without the image
+    feed(s, L.id("<|/video|>"))
+    assert allowed_ids(s) == {L.id("<|image|>")} and int(s.remaining[0]) == 10
+    roomy = state_after(L, [L.id("<bos>"), L.id("<|video|>")], budget=9 + 10 + 9, force="image")
+    feed(roomy, *frame)
+    assert allowed_ids(roomy) == {L.id("<|frame|>"), L.id("<|/video|>")}
 
 
 def test_chat_end_finishes_only_inside_a_turn(tiny_layout, text_tokenizer):

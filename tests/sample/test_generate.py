@@ -21,23 +21,35 @@ from omniseq.sample import (
     generate,
 )
 from omniseq.sample.generate import prompt_ids, right_pad
+from omniseq.vocab import OPEN
 
 from .conftest import RandomLogits
 
 LIMITS = ConstraintConfig(audio_max_frames=6, video_max_frames=3)
 
 
+def whole_span(L, modality: str) -> list[int]:
+    """A complete span of `modality` (all codes 1), as a prompt holds a question's clip."""
+    grid = L.codebook(modality).grid or L.codebook("image").grid
+    shape = {"image": grid, "audio": (L.codebook("audio").num_layers, 2), "video": (2, *grid)}[modality]
+    return L.media_ids(modality, np.ones(shape, dtype=np.int64)).tolist()
+
+
 def random_prompt(L, text_tokenizer, rng: random.Random) -> list[int]:
-    """A prompt that ends in text, in a chat turn, or inside an image / audio / video span."""
+    """A prompt that ends in text, in a chat turn (with or without a whole media span in the user's turn),
+    or inside an image / audio / video span."""
     bos = L.id("<bos>")
     words = text_tokenizer.encode(rng.choice(["draw", "a red cat", "say hi", "🙂 漢字"]))
-    kind = rng.choice(["bos", "text", "chat", "image", "audio", "video"])
+    kind = rng.choice(["bos", "text", "chat", "media", "image", "audio", "video"])
     if kind == "bos":
         return [bos]
     if kind == "text":
         return [bos, *words]
     if kind == "chat":
         return [bos, L.id("<|user|>"), *words, L.id("<|end|>"), L.id("<|assistant|>")]
+    if kind == "media":
+        span = whole_span(L, rng.choice(["image", "audio", "video"]))
+        return [bos, L.id("<|user|>"), *words, *span, L.id("<|end|>"), L.id("<|assistant|>")]
     if kind == "image":
         return [bos, *words, L.id("<|image|>"), *[L.code_range("image")[0] + 1] * rng.randint(0, 2)]
     if kind == "video":
@@ -50,7 +62,8 @@ LAYOUT_KEYS = [(f, r) for f in ("frame", "layer", "first") for r in (True, False
 
 def fuzz(layouts, text_tokenizer, key, seeds) -> int:
     """Generate from random logits for each seed (batch 1-8, random prompts, forced modalities, budgets
-    and guidance) and parse every row with its prompt; returns the number of rows checked."""
+    and guidance), parse every row with its prompt and check that a forced row's first generated span is
+    the forced modality; returns the number of rows checked."""
     L = layouts[key]
     codec = DocumentCodec(L, text_tokenizer)
     opened = Counter()
@@ -65,11 +78,16 @@ def fuzz(layouts, text_tokenizer, key, seeds) -> int:
         cfg = GenerateConfig(progress=False, check_constraints=True, constraints=LIMITS, sampling=sampling)
         model = RandomLogits(L, seed, special_bias=rng.uniform(0, 6))
         out = generate(model.decoder(), L, prompts, cfg, force=force, budgets=budgets, seeds=range(seed, seed + B))
-        for p, o, budget in zip(prompts, out, budgets):
+        for p, o, budget, m in zip(prompts, out, budgets, force):
             assert len(o) <= budget
             full = np.concatenate([p, o])
-            for piece in L.parse(full):
+            pieces = L.parse(full)
+            for piece in pieces:
                 opened[piece.modality] += piece.end > len(p)
+            if m is not None:  # a span the prompt ends inside is finished first; the next one is forced
+                spans = [q.modality for q in pieces if q.start >= len(p) and q.modality not in ("text", "special")]
+                first = spans[0] if spans else None
+                assert first == m, (p, o, m)
             codec.decode(full)
             rows += 1
     assert opened["image"] and opened["audio"] and opened["video"], opened
@@ -96,6 +114,39 @@ def test_forced_modality_answers_with_that_span(tiny_layout):
     out = generate(model.decoder(), L, prompts, cfg, force=["image", "audio", "video"], budgets=[40] * 3)
     for o, m in zip(out, ["image", "audio", "video"]):
         assert L.parse(o)[0].modality == m
+
+
+def test_force_survives_media_spans_in_the_prompt(tiny_layout, text_tokenizer):
+    """sample.py --audio x.wav --force image, or a real eval task: the prompt's own spans do not spend the
+    force, so the first generated token opens the forced span whatever the prompt held."""
+    L = tiny_layout
+    words = text_tokenizer.encode("what is this?")
+    media = ["image", "audio", "video"]
+    prompts = [
+        [L.id("<bos>"), L.id("<|user|>"), *words, *whole_span(L, held), L.id("<|end|>"), L.id("<|assistant|>")]
+        for held in media
+        for _ in media
+    ]
+    force = media * 3
+    cfg = GenerateConfig(progress=False, check_constraints=True, constraints=LIMITS)
+    out = generate(RandomLogits(L, 0).decoder(), L, prompts, cfg, force=force, budgets=[40] * 9)
+    for p, o, m in zip(prompts, out, force):
+        assert o[0] == L.id(OPEN[m])
+        L.parse(np.concatenate([p, o]))
+
+
+def test_forced_span_after_a_prompt_span_needs_budget_for_both(tiny_layout):
+    """A prompt ending inside an image (9 tokens to close) with audio forced (7 tokens): 16 tokens finish both;
+    15 would cut the forced span, so it is refused up front."""
+    L = tiny_layout
+    prompt = [L.id("<bos>"), L.id("<|image|>")]
+    cfg = GenerateConfig(progress=False, check_constraints=True, constraints=ConstraintConfig(audio_max_frames=4))
+    model = RandomLogits(L, 2, special_bias=-4.0)
+    with pytest.raises(ValueError, match="needs 7 tokens after the 9 that finish its prompt's span; budget 15"):
+        generate(model.decoder(), L, [prompt], cfg, force=["audio"], budgets=[15])
+    out = generate(model.decoder(), L, [prompt], cfg, force=["audio"], budgets=[16])[0]
+    pieces = L.parse(np.concatenate([prompt, out]))
+    assert [q.modality for q in pieces[1:3]] == ["image", "audio"]
 
 
 def test_forced_modality_without_budget_is_an_error(tiny_layout):

@@ -109,3 +109,20 @@ def test_generated_rows_render(tmp_path, tiny_layout, text_tokenizer):
         assert row["error"] is None
         first = row["pieces"][0]
         assert first["modality"] == m and (tmp_path / first["file"]).is_file()
+
+
+def test_continued_text_is_split_where_generation_starts(tmp_path, tiny_layout, text_tokenizer):
+    """chat: false continues the prompt's text run: only the continuation is the model's, in the manifest and
+    on the page, and the two parts read back as the whole run."""
+    L = tiny_layout
+    prompt = [L.id("<bos>"), *text_tokenizer.encode("a red")]
+    row = prompt + text_tokenizer.encode(" cat sat") + [L.id("<eos>")]
+    manifest = render(codec(L, text_tokenizer), [row], tmp_path, prompt_lens=[len(prompt)])
+    pieces = manifest["rows"][0]["pieces"]
+    assert [(p["generated"], p["tokens"]) for p in pieces] == [
+        (False, len(prompt) - 1),
+        (True, len(row) - len(prompt) - 1),
+    ]
+    assert pieces[0]["text"] + pieces[1]["text"] == text_tokenizer.decode(row[1:-1])
+    assert pieces[0]["text"] == "a red" and pieces[1]["text"].strip() == "cat sat"
+    assert "<p class='prompt'>a red</p>" in (tmp_path / "index.html").read_text()
