@@ -7,7 +7,7 @@ checkpoint they start from. Every key is checked before any compute (`validate`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omniseq.config import ConfigError
@@ -15,6 +15,17 @@ from omniseq.data.loader import DataConfig, SourceConfig
 from omniseq.vocab import MODALITIES
 
 PRECISIONS = ("auto", "bf16", "fp32")
+# attention backends a training stage can use: its rows pack several documents, and sdpa_causal (one causal
+# sequence a row) refuses the document ids that keep them apart
+TRAIN_ATTENTION = ("auto", "flash_varlen", "flex", "sdpa_masked")
+
+
+@dataclass
+class StageData(DataConfig):
+    """A stage's data: DataConfig whose seed defaults to the stage's `seed`. The loader takes the resolved
+    `StageConfig.stream_data()` (or `eval_data()`), never this: its seed may still be null."""
+
+    seed: int | None = None  # data order and condition dropout; null = the stage's seed
 
 
 @dataclass
@@ -39,7 +50,7 @@ class StageConfig:
     model_size: str = "demo"  # a size of omniseq.model.config.SIZES (ignored when init_from is a stage export)
     model: dict = field(default_factory=dict)  # ModelConfig overrides, e.g. {qk_norm: true, z_loss: 1e-5}
     loss_weights: dict[str, float] = field(default_factory=dict)  # modality -> loss weight (Emu3: image 0.5)
-    data: DataConfig = field(default_factory=DataConfig)  # shard sets + token shares, seq_len, micro-batch
+    data: StageData = field(default_factory=StageData)  # shard sets + token shares, seq_len, micro-batch
     eval_sources: list[SourceConfig] = field(default_factory=list)  # held-out shard sets; empty = no eval
     eval_every: int = 0  # steps between held-out evaluations; 0 = only at the end (when eval_sources)
     eval_batches: int = 4  # micro-batches per held-out evaluation
@@ -55,12 +66,29 @@ class StageConfig:
     zero_stage: int = -1  # overrides the JSON's ZeRO stage (0-3); -1 keeps it
     precision: str = "auto"  # auto (bf16 on GPU and on a CPU with native bf16, else fp32) | bf16 | fp32
     compile: bool = False  # torch.compile the model (inductor; CPU and GPU)
-    seed: int = 0  # model init, data order, condition dropout
+    # model init (scratch), dropout masks, and, unless data.seed is set, data order and condition dropout
+    seed: int = 0
     log_every: int = 10  # steps between log lines / TensorBoard points
     save_every: int = 100  # steps between checkpoints (and one at the end)
     keep_last: int = 2  # complete checkpoints kept
     max_bad_steps: int = 10  # non-finite losses skipped before the run stops
     tensorboard: bool = True  # write TensorBoard scalars to <out_dir>/tb
+
+    def data_seed(self) -> int:
+        """The seed of the data order and condition dropout: data.seed when set, else the stage's."""
+        return self.seed if self.data.seed is None else self.data.seed
+
+    def stream_data(self) -> DataConfig:
+        """The training stream's config: `data` with its seed resolved."""
+        return DataConfig(
+            self.data.sources, self.data.seq_len, self.data.batch_size, self.data_seed(), self.data.options
+        )
+
+    def eval_data(self) -> DataConfig:
+        """The held-out stream's config: the eval shard sets read as the training data is, but without
+        condition dropout (held-out losses measure the conditional model, the task the samples ask for)."""
+        options = replace(self.data.options, cond_dropout=0.0)
+        return DataConfig(self.eval_sources, self.data.seq_len, self.data.batch_size, self.data_seed(), options)
 
     def warmup_steps(self) -> int:
         w = self.optim.warmup
@@ -78,6 +106,23 @@ class StageConfig:
             bad("steps", "a positive number of optimizer steps", self.steps)
         if self.grad_accum <= 0:
             bad("grad_accum", "a positive number", self.grad_accum)
+        for key in ("log_every", "save_every"):  # periods: the loop divides the step by them
+            if getattr(self, key) <= 0:
+                bad(key, "a positive number of steps", getattr(self, key))
+        if self.keep_last < 1:
+            bad("keep_last", "at least 1 (the export is read from the newest checkpoint)", self.keep_last)
+        if self.eval_every < 0:
+            bad("eval_every", ">= 0 (0 = held-out evaluation at the end only)", self.eval_every)
+        if self.eval_batches < 1:
+            bad("eval_batches", "a positive number of micro-batches", self.eval_batches)
+        if self.optim.warmup < 0:
+            bad("optim.warmup", ">= 0 (a fraction of steps when < 1, else a step count)", self.optim.warmup)
+        if not 0 <= self.optim.min_lr_ratio <= 1:
+            bad("optim.min_lr_ratio", "a fraction of the peak lr in [0, 1]", self.optim.min_lr_ratio)
+        attention = self.model.get("attention", "auto")
+        if attention not in TRAIN_ATTENTION:
+            bad("model.attention", f"one of {TRAIN_ATTENTION} (sdpa_causal cannot keep packed documents apart)",
+                attention)  # fmt: skip
         if self.precision not in PRECISIONS:
             bad("precision", f"one of {PRECISIONS}", self.precision)
         if self.zero_stage not in (-1, 0, 1, 2, 3):

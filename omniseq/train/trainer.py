@@ -6,9 +6,9 @@
 
 A step: `grad_accum` micro-batches of packed rows (omniseq.data.loader) -> Transformer forward with
 document-causal attention -> chunked cross entropy with per-modality sums -> DeepSpeed backward/step
-(ZeRO, bf16, clipping, warmup + cosine). A non-finite loss on any rank skips that micro-batch on every
-rank and is counted; SIGTERM checkpoints at the end of the step and exits; a restarted run resumes from
-the newest COMPLETE checkpoint with its data position and RNG.
+(ZeRO, bf16, clipping, warmup + cosine: omniseq/train/schedule.py). A non-finite loss on any rank skips
+that micro-batch on every rank and is counted; SIGTERM checkpoints at the end of the step and exits; a
+restarted run resumes from the newest COMPLETE checkpoint with its data position and RNG.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import deepspeed
@@ -27,16 +27,18 @@ import torch
 import torch.distributed as dist
 
 from omniseq.config import ConfigError, save_config
-from omniseq.data.loader import DataConfig, stream_from_config
+from omniseq.data.loader import stream_from_config
 from omniseq.data.shardset import read_manifest
 from omniseq.model.config import SIZES, ModelConfig, model_config
 from omniseq.model.hf import import_hf_llama, load_model_config
+from omniseq.model.loss import IGNORE_INDEX
 from omniseq.model.precision import use_bf16
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.budget import TimeBudget, steps_that_fit
 from omniseq.train.config import StageConfig
 from omniseq.train.logger import RunLogger, device_peak_tflops, plot_loss_curves
+from omniseq.train.schedule import WarmupCosine
 from omniseq.vocab import MODALITIES, VocabLayout
 
 
@@ -89,6 +91,7 @@ def check_inputs(cfg: StageConfig) -> VocabLayout:
         scratch_config(cfg, layout)
     elif not cfg.init_from.startswith("hf:"):
         export_config(load_model_config(cfg.init_from), cfg)
+    deepspeed_config(cfg, "fp32", int(os.environ.get("WORLD_SIZE", "1")))  # its contradictions with the stage
     return layout
 
 
@@ -111,8 +114,19 @@ def scratch_config(cfg: StageConfig, layout: VocabLayout) -> ModelConfig:
 RUNTIME_KEYS = ("z_loss", "dropout", "loss_weights", "loss_chunk_tokens", "attention", "activation_checkpointing")
 
 
+def runtime_defaults() -> dict:
+    """ModelConfig's defaults of the runtime keys."""
+    return {
+        f.name: f.default if f.default is not MISSING else f.default_factory()
+        for f in fields(ModelConfig)
+        if f.name in RUNTIME_KEYS
+    }
+
+
 def export_config(saved: ModelConfig, cfg: StageConfig) -> ModelConfig:
-    """An export's config with this stage's keys (loss weights, z-loss, dropout, ...) over it."""
+    """An export's shape with this stage's runtime keys: the stage's values, ModelConfig's defaults where it
+    sets none. The export's own (the previous stage's dropout, loss weights, z-loss, ...) are not inherited,
+    so a stage trains with what its config says, whichever stage made the weights it loads."""
     fixed = {k: v for k, v in model_overrides(cfg).items() if k not in RUNTIME_KEYS and getattr(saved, k, v) != v}
     if fixed:
         k = next(iter(fixed))
@@ -121,16 +135,15 @@ def export_config(saved: ModelConfig, cfg: StageConfig) -> ModelConfig:
             f"a stage that loads an export may change only {list(RUNTIME_KEYS)}"
         )
     try:
-        return ModelConfig(**{**asdict(saved), **model_overrides(cfg)})
+        return ModelConfig(**{**asdict(saved), **runtime_defaults(), **model_overrides(cfg)})
     except TypeError as e:
         raise ConfigError(f"key 'model': {e}") from None
 
 
 def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
+    torch.manual_seed(cfg.seed)  # every rank builds identical weights; the dropout masks follow the seed too
     if cfg.init_from == "scratch":
-        mcfg = scratch_config(cfg, layout)
-        torch.manual_seed(cfg.seed)  # every rank builds identical weights
-        return Transformer.build(mcfg)
+        return Transformer.build(scratch_config(cfg, layout))
     if cfg.init_from.startswith("hf:"):
         return import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **model_overrides(cfg))
     model, _ = ckpt.load_export(cfg.init_from, layout)
@@ -138,31 +151,31 @@ def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
     return model
 
 
-def deepspeed_config(cfg: StageConfig, precision: str) -> dict:
-    """The JSON with its "auto" values filled from the stage config."""
+def deepspeed_config(cfg: StageConfig, precision: str, world: int) -> dict:
+    """The JSON with its "auto" values filled from the stage config. A number there that contradicts the
+    stage is an error: DeepSpeed would train with it while the stage config, the logs and the time budget's
+    token counts say otherwise."""
     ds = json.loads(Path(cfg.deepspeed).read_text())
-    fill = {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "gradient_clipping": cfg.optim.grad_clip,
+    batch, accum = cfg.data.batch_size, cfg.grad_accum
+    fill = {  # JSON key -> (stage key, value)
+        "train_micro_batch_size_per_gpu": ("data.batch_size", batch),
+        "gradient_accumulation_steps": ("grad_accum", accum),
+        "train_batch_size": (f"data.batch_size x grad_accum x {world} rank(s)", batch * accum * world),
+        "gradient_clipping": ("optim.grad_clip", cfg.optim.grad_clip),
     }
-    for k, v in fill.items():
-        if ds.get(k, "auto") == "auto":
-            ds[k] = v
+    for k, (stage_key, v) in fill.items():
+        given = ds.get(k, "auto")
+        if given != "auto" and given != v:
+            raise ConfigError(
+                f"{cfg.deepspeed}: key {k!r} = {given!r} contradicts the stage's {stage_key} = {v!r}; "
+                f'set it to "auto" (filled from the stage config) or change the stage\'s key'
+            )
+        ds[k] = v
+    ds.pop("train_batch_size")  # derived by DeepSpeed from the two above and the world size
     ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
     if cfg.zero_stage >= 0:
         ds.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
-    ds.pop("train_batch_size", None)  # derived by DeepSpeed from the two above and the world size
-    ds["scheduler"] = {
-        "type": "WarmupCosineLR",
-        "params": {
-            "total_num_steps": cfg.steps,
-            "warmup_num_steps": max(cfg.warmup_steps(), 1),
-            "warmup_min_ratio": 0.0,
-            "cos_min_ratio": cfg.optim.min_lr_ratio,
-            "warmup_type": "linear",
-        },
-    }
+    ds.pop("scheduler", None)  # the stage's optim keys set the schedule (WarmupCosine, passed to DeepSpeed)
     return ds
 
 
@@ -179,6 +192,28 @@ def optimizer_for(model: torch.nn.Module, cfg: StageConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
 
 
+def master_weights(engine, precision: str) -> dict[str, torch.Tensor]:
+    """The module's state dict with the optimizer's fp32 master weights, without ZeRO. In bf16 the module
+    holds bf16 roundings of them: DeepSpeed's FP16_UnfusedOptimizer (what a torch optimizer gets) updates fp32
+    copies, `fp32_groups`, and copies them into its `fp16_groups`, the module's parameters, in the same order."""
+    state = engine.module.state_dict(keep_vars=True)
+    if precision != "bf16":
+        return {k: v.detach().cpu() for k, v in state.items()}
+    opt = engine.optimizer
+    masters = {
+        id(lp): hp
+        for lps, hps in zip(getattr(opt, "fp16_groups", []), getattr(opt, "fp32_groups", []))
+        for lp, hp in zip(lps, hps)
+    }
+    missing = [name for name, p in engine.module.named_parameters() if id(p) not in masters]
+    if missing:  # never export bf16-rounded weights as fp32
+        raise RuntimeError(
+            f"no fp32 master weight for {missing[:3]} in DeepSpeed's {type(opt).__name__}: "
+            "train with zero_stage 1-3 (exported from the checkpoint) or precision=fp32"
+        )
+    return {k: masters.get(id(v), v).detach().float().cpu() for k, v in state.items()}
+
+
 class Trainer:
     def __init__(self, cfg: StageConfig):
         self.cfg = cfg
@@ -192,9 +227,11 @@ class Trainer:
             save_config(cfg, self.out / "config.yaml")
         model = build_model(cfg, self.layout).to(self.device)
         self.mcfg = model.cfg
-        self.ds_config = deepspeed_config(cfg, self.precision)
+        self.ds_config = deepspeed_config(cfg, self.precision, self.world)
+        optimizer = optimizer_for(model, cfg, self.device)
+        schedule = WarmupCosine(optimizer, cfg.steps, cfg.warmup_steps(), cfg.optim.min_lr_ratio)
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer_for(model, cfg, self.device), config=self.ds_config
+            model=model, optimizer=optimizer, lr_scheduler=schedule, config=self.ds_config
         )
         if self.ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
             # The chunked loss reads the output projection outside the module that owns it (and the tied
@@ -202,7 +239,7 @@ class Trainer:
             deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.output_weight)
         if cfg.compile:
             self.engine.compile()
-        self.stream = stream_from_config(cfg.data, self.rank, self.world, self.layout)
+        self.stream = stream_from_config(cfg.stream_data(), self.rank, self.world, self.layout)
         self.step, self.bad_steps, self.stop_requested = 0, 0, False
         self.total = cfg.steps  # the steps this stage trains (fit_to_budget may lower it)
         fitted, self.spent_before = 0, 0.0
@@ -231,11 +268,22 @@ class Trainer:
         return t
 
     def train_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-batches a rank, its loss the mean over every label token
+        of the step, as one big batch would have it: each micro-batch's backward is its loss sum (mean x its
+        label tokens) over the step's label tokens on all ranks, times grad_accum x world, which DeepSpeed
+        divides by again (it scales by 1/grad_accum and averages gradients over ranks). A micro-batch whose
+        loss is not finite on some rank is skipped on every rank, and the next one drawn takes its place and
+        its token weight, so the weights still sum to the step's label tokens."""
+        lr = self.engine.get_lr()[0]  # the scheduler sets it after each step: this step's, read before it ends
+        micro = [next(self.batches) for _ in range(self.cfg.grad_accum)]
+        weights = [float((b["labels"] != IGNORE_INDEX).sum()) for b in micro]  # label tokens
+        tokens = self._all_reduce(torch.tensor([sum(weights)], device=self.device)).item()  # the step's, all ranks
+        scale = self.cfg.grad_accum * self.world / max(tokens, 1.0)
         ce = torch.zeros(len(MODALITIES), device=self.device)
         count = torch.zeros(len(MODALITIES), device=self.device)
-        loss_sum, good = 0.0, 0
-        while good < self.cfg.grad_accum:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(self.batches).items()}
+        loss_sum, i = torch.zeros(1, device=self.device), 0
+        while i < len(micro):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in micro[i].items()}
             out = self.engine(**batch)
             finite = self._all_reduce(torch.isfinite(out.loss.detach()).float().reshape(1), dist.ReduceOp.MIN)
             if finite.item() == 0:
@@ -246,27 +294,27 @@ class Trainer:
                         f"{self.bad_steps} non-finite losses (max_bad_steps={self.cfg.max_bad_steps}); "
                         "lower the learning rate, enable qk_norm / z_loss, or check the data"
                     )
+                micro[i] = next(self.batches)
                 continue
-            self.engine.backward(out.loss)
+            self.engine.backward(out.loss * (weights[i] * scale))
             self.engine.step()
             ce += out.ce_sum.detach()
             count += out.count.detach()
-            loss_sum += out.loss.detach().item()
-            good += 1
+            loss_sum += out.loss.detach() * weights[i]
+            i += 1
         self.step += 1
-        stats = self._all_reduce(torch.cat([ce, count, torch.tensor([loss_sum], device=self.device)]))
+        stats = self._all_reduce(torch.cat([ce, count, loss_sum]))
         ce, count = stats[: len(MODALITIES)], stats[len(MODALITIES) : 2 * len(MODALITIES)]
-        out = {"train/loss": stats[-1].item() / (self.world * self.cfg.grad_accum)}
+        out = {"train/loss": stats[-1].item() / max(tokens, 1.0)}
         out.update({f"train/loss_{m}": (ce[i] / count[i]).item() for i, m in enumerate(MODALITIES) if count[i] > 0})
         out["train/tokens"] = count.sum().item()
+        out["lr"] = lr
         return out
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out loss per modality over `eval_batches` micro-batches of the eval shard sets."""
-        c = self.cfg
-        data = DataConfig(c.eval_sources, c.data.seq_len, c.data.batch_size, c.seed, c.data.options)
-        stream = stream_from_config(data, self.rank, self.world, self.layout)
+        stream = stream_from_config(self.cfg.eval_data(), self.rank, self.world, self.layout)
         ce = torch.zeros(len(MODALITIES), device=self.device)
         count = torch.zeros(len(MODALITIES), device=self.device)
         self.engine.eval()
@@ -284,9 +332,7 @@ class Trainer:
     # -- the time budget ---------------------------------------------------------------------------------
     def _set_total(self, total: int) -> None:
         """Train `total` steps: the cosine schedule (and the warmup, in proportion) end there instead."""
-        sched = self.engine.lr_scheduler
-        sched.total_num_steps = total
-        sched.warmup_num_steps = max(2, round(self.cfg.warmup_steps() * total / self.cfg.steps))
+        self.engine.lr_scheduler.reshape(total, round(self.cfg.warmup_steps() * total / self.cfg.steps))
         self.total = total
         self.log.bar.total = total
         self.log.bar.refresh()
@@ -312,14 +358,15 @@ class Trainer:
                          self.cfg.keep_last)  # fmt: skip
 
     def export(self, tag: str) -> Path | None:
-        """Consolidated fp32 weights in <out_dir>/export (rank 0), from the checkpoint just written."""
+        """fp32 weights in <out_dir>/export (rank 0): under ZeRO consolidated from the checkpoint just
+        written, without it the optimizer's fp32 masters (`master_weights`)."""
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         if zero > 0:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             state = get_fp32_state_dict_from_zero_checkpoint(str(self.ckpt_root), tag=tag) if self.rank == 0 else None
         else:
-            state = {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+            state = master_weights(self.engine, self.precision)
         path = None
         if self.rank == 0:
             extra = {"stage": self.cfg.name, "step": self.step, "config": asdict(self.cfg)}
@@ -355,7 +402,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
-                scalars = {**last, "lr": self.engine.get_lr()[0], "tokens_per_s": tokens / dt,
+                scalars = {**last, "tokens_per_s": tokens / dt,
                            "grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
                            "bad_steps": self.bad_steps}  # fmt: skip
                 if self.peak:

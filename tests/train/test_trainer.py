@@ -17,10 +17,10 @@ from omniseq.model.config import model_config
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.config import StageConfig
-from omniseq.train.trainer import build_model, check_inputs
+from omniseq.train.trainer import RUNTIME_KEYS, build_model, check_inputs
 from omniseq.vocab import VocabMismatchError
 
-from .conftest import stage_yaml
+from .conftest import REPO, stage_yaml
 
 
 def load(world, tmp_path, *overrides, **keys) -> StageConfig:
@@ -38,6 +38,11 @@ def load(world, tmp_path, *overrides, **keys) -> StageConfig:
         (("model_size=huge",), ConfigError, "model_size"),
         (("data.options.cond_dropout=1.5",), ConfigError, "cond_dropout"),
         (("model={dropout: 1.5}",), ConfigError, "dropout"),
+        # periods the loop divides by, and a checkpoint count the export needs: refused before compute
+        (("save_every=0",), ConfigError, "'save_every': expected a positive number of steps, got 0"),
+        (("log_every=0",), ConfigError, "'log_every': expected a positive number of steps, got 0"),
+        (("keep_last=0",), ConfigError, "'keep_last': expected at least 1"),
+        (("model={attention: sdpa_causal}",), ConfigError, "'model.attention'.*packed documents"),
     ],
 )
 def test_bad_stage_configs_fail_before_compute(train_world, tmp_path, overrides, error, match):
@@ -57,6 +62,115 @@ def test_a_stage_loading_an_export_switches_dropout_on(train_world, tmp_path):
         torch.testing.assert_close(model.eval()(ids), start(ids), rtol=0, atol=0)
     with pytest.raises(ConfigError, match=r"model.n_layers.*trained with 2"):
         check_inputs(load(train_world, tmp_path, f"init_from={export}", "model={n_layers: 3}"))
+
+
+def test_a_stage_trains_with_its_own_runtime_keys_not_the_exports(train_world, tmp_path):
+    """The runtime keys an export was trained with (dropout, loss weights, z-loss, ...) are not inherited:
+    a stage that sets none trains with ModelConfig's defaults, and `loss_weights: {}` means no weights."""
+    layout = train_world["layout"]
+    trained = model_config("tiny", layout.size, dropout=0.3, z_loss=1e-3, loss_weights={"image": 0.5},
+                           attention="sdpa_masked", loss_chunk_tokens=64)  # fmt: skip
+    start = Transformer.build(trained)
+    export = ckpt.export(start.state_dict(), start.cfg, tmp_path / "export", layout, {})
+    plain = build_model(load(train_world, tmp_path, f"init_from={export}", "loss_weights={}"), layout)
+    defaults = model_config("tiny", layout.size)
+    assert all(getattr(plain.cfg, k) == getattr(defaults, k) for k in RUNTIME_KEYS)
+    assert plain.cfg.dim == trained.dim and plain.cfg.tie_embeddings  # the shape is the export's
+    own = build_model(load(train_world, tmp_path, f"init_from={export}", "model={z_loss: 1e-4}",
+                           "loss_weights={audio: 2.0}"), layout)  # fmt: skip
+    assert (own.cfg.z_loss, own.cfg.loss_weights, own.cfg.dropout) == (1e-4, {"audio": 2.0}, 0.0)
+
+
+@pytest.mark.parametrize(
+    "key, value, stage_key",
+    [
+        ("gradient_accumulation_steps", 2, "grad_accum = 1"),
+        ("train_micro_batch_size_per_gpu", 4, "data.batch_size = 2"),
+        ("train_batch_size", 8, "data.batch_size x grad_accum x 1 rank(s) = 2"),
+        ("gradient_clipping", 0.5, "optim.grad_clip = 1.0"),
+    ],
+)
+def test_a_deepspeed_json_contradicting_the_stage_is_refused(train_world, tmp_path, key, value, stage_key):
+    ds = json.loads((REPO / "configs/deepspeed/zero2.json").read_text())
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, key: value}))
+    with pytest.raises(ConfigError) as e:
+        check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}"))
+    assert str(e.value).startswith(
+        f"{tmp_path / 'ds.json'}: key {key!r} = {value!r} contradicts the stage's {stage_key}"
+    )
+    agreeing = {"gradient_accumulation_steps": 1, "train_micro_batch_size_per_gpu": 2, "train_batch_size": 2}
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, **agreeing, "gradient_clipping": 1.0}))
+    check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}"))  # numbers that agree are fine
+
+
+def first_batch(cfg: StageConfig) -> torch.Tensor:
+    from omniseq.train import trainer as tr
+
+    return next(tr.Trainer(cfg).batches)["input_ids"]
+
+
+def test_the_stage_seed_sets_the_data_order_unless_data_seed_is_set(train_world, tmp_path):
+    sft = {"sources": [{"path": train_world["sft"], "share": 1.0}], "options": {"cond_dropout": 0.5}}
+    seed0, seed1 = (first_batch(load(train_world, tmp_path, f"seed={s}", data=sft)) for s in (0, 1))
+    assert not torch.equal(seed0, seed1)  # order and condition dropout follow the stage's seed
+    pinned = first_batch(load(train_world, tmp_path, "seed=1", "data.seed=0", data=sft))
+    assert torch.equal(pinned, seed0)  # data.seed, when set, decides the data alone
+
+
+def test_held_out_evaluation_has_no_condition_dropout(train_world, tmp_path):
+    from omniseq.train import trainer as tr
+
+    sft = {"sources": [{"path": train_world["sft"], "share": 1.0}], "options": {"cond_dropout": 0.9}}
+    cfg = load(train_world, tmp_path, data=sft, eval_sources=[{"path": train_world["sft"]}], eval_batches=2)
+    t = tr.Trainer(cfg)
+    uncond = train_world["layout"].id("<|uncond|>")
+    assert (next(t.batches)["input_ids"] == uncond).any()  # training drops conditions
+    real, seen = t.engine.module.forward, []
+
+    def spy(**batch):
+        seen.append(batch["input_ids"])
+        return real(**batch)
+
+    t.engine.module.forward = spy
+    t.evaluate()
+    assert len(seen) == 2 and not any((ids == uncond).any() for ids in seen)
+
+
+def test_without_zero_a_bf16_stage_exports_the_fp32_master_weights(train_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from omniseq.train import trainer as tr
+
+    t = tr.Trainer(load(train_world, tmp_path, "zero_stage=0", "precision=bf16", "steps=2"))
+    t.fit()
+    exported = load_file(tmp_path / "s" / "export" / "model.safetensors")
+    module = t.engine.module.layers[0].attn.wq.weight
+    master = next(hp for lps, hps in zip(t.engine.optimizer.fp16_groups, t.engine.optimizer.fp32_groups)
+                  for lp, hp in zip(lps, hps) if lp is module)  # fmt: skip
+    w = exported["layers.0.attn.wq.weight"]
+    assert module.dtype == torch.bfloat16 and w.dtype == torch.float32
+    assert torch.equal(w, master.cpu()) and not torch.equal(w, w.bfloat16().float())  # not bf16-rounded
+
+
+def test_gradient_accumulation_weights_every_label_token_alike(train_world, tmp_path):
+    """Two micro-batches of one row each train as one micro-batch of both rows: the step's loss and gradient
+    are the mean over all its label tokens, though the two rows supervise different numbers of them."""
+    from omniseq.train import trainer as tr
+
+    mix = [{"path": train_world["sft"], "share": 0.5}, {"path": train_world["pretrain"], "share": 0.5}]
+    results, rows = {}, {}
+    for accum, batch in ((1, 2), (2, 1)):
+        data = {"sources": mix, "seq_len": 32, "batch_size": batch}
+        t = tr.Trainer(load(train_world, tmp_path, f"grad_accum={accum}", f"out_dir={tmp_path / str(accum)}",
+                            "precision=fp32", "optim.grad_clip=0", data=data))  # fmt: skip
+        stream = iter(tr.stream_from_config(t.cfg.stream_data(), 0, 1, t.layout))  # what the step will read
+        rows[accum] = torch.cat([next(stream)["labels"] for _ in range(accum)])
+        results[accum] = (t.train_step()["train/loss"], float(t.engine.get_global_grad_norm()))
+    assert torch.equal(rows[1], rows[2])  # the same two rows
+    supervised = (rows[1] != -100).sum(1)
+    assert supervised[0] != supervised[1]  # of unequal weight: a mean of the two rows' means would differ
+    assert results[2][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[2][1] == pytest.approx(results[1][1], rel=1e-5)
 
 
 def test_vocab_mismatch_between_shards_and_stage_is_refused(train_world, tmp_path):

@@ -1,0 +1,97 @@
+"""The learning-rate schedule (omniseq/train/schedule.py) and that the trainer's steps run at it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from omniseq.config import load_config
+from omniseq.train.config import StageConfig
+from omniseq.train.schedule import WarmupCosine, lr_factor
+
+from .conftest import stage_yaml
+
+
+def test_warmup_starts_at_step_one_and_the_cosine_ends_at_the_floor():
+    factors = [lr_factor(k, total=6, warmup=2, floor=0.1) for k in range(1, 7)]
+    assert factors[:2] == [0.5, 1.0]  # step 1 already moves the weights; step W is at the peak
+    assert factors[-1] == pytest.approx(0.1)  # the last step at lr * min_lr_ratio
+    assert all(a > b for a, b in zip(factors[1:], factors[2:]))
+    assert factors[3] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+
+
+def test_without_warmup_step_one_runs_at_the_peak():
+    assert lr_factor(1, total=10, warmup=0, floor=0.1) == 1.0
+    assert lr_factor(10, total=10, warmup=0, floor=0.1) == pytest.approx(0.1)
+    assert lr_factor(11, total=10, warmup=0, floor=0.1) == pytest.approx(0.1)  # past the end: the floor
+    assert lr_factor(1, total=1, warmup=0, floor=0.1) == 1.0  # a one-step stage trains
+
+
+def test_only_the_step_count_is_checkpointed_and_loading_sets_the_next_lr():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosine(opt, total=6, warmup=2, floor=0.1)
+    assert opt.param_groups[0]["lr"] == 0.5  # step 1's
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    assert set(state) == {"last_epoch", "_step_count"}
+    fresh_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    fresh = WarmupCosine(fresh_opt, total=6, warmup=2, floor=0.1)
+    fresh.load_state_dict(state)
+    assert fresh_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == lr_factor(4, 6, 2, 0.1)
+    fresh.reshape(total=4, warmup=1)  # a time budget's cut: step 4 becomes the last
+    assert fresh_opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def lrs_used(trainer) -> list[float]:
+    """Record the lr of every optimizer step (DeepSpeed's wrapper: ZeRO steps the torch optimizer once per
+    parameter group), as the groups hold it when the update runs."""
+    opt = trainer.engine.optimizer
+    real, used = opt.step, []
+
+    def step(*args, **kwargs):
+        used.append(opt.param_groups[0]["lr"])
+        return real(*args, **kwargs)
+
+    opt.step = step
+    return used
+
+
+def logged(out_dir, key: str) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def test_every_step_trains_at_the_schedule_and_logs_the_lr_it_used(train_world, tmp_path):
+    from omniseq.train.trainer import Trainer
+
+    cfg = load_config(StageConfig, stage_yaml(train_world, tmp_path / "s.yaml", optim={"warmup": 2}))
+    t = Trainer(cfg)
+    used = lrs_used(t)
+    t.fit()
+    expected = [cfg.optim.lr * lr_factor(k, 6, 2, cfg.optim.min_lr_ratio) for k in range(1, 7)]
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert used[0] > 0 and max(used) == pytest.approx(cfg.optim.lr)  # step 1 trains; the peak is used
+    assert list(logged(tmp_path / "s", "lr").values()) == used
+
+
+def test_a_resumed_stage_repeats_the_losses_and_lrs_bit_for_bit(train_world, tmp_path):
+    from omniseq.train.trainer import Trainer
+
+    yaml = stage_yaml(train_world, tmp_path / "s.yaml", optim={"warmup": 2}, save_every=100)
+    Trainer(load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'straight'}"])).fit()
+    resumed = load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'resumed'}"])
+    first = Trainer(resumed)
+    for _ in range(2):
+        first.train_step()
+    first.save()  # stopped after step 2
+    second = Trainer(resumed)
+    assert second.step == 2
+    second.fit()
+    for key in ("train/loss", "lr"):
+        straight, again = logged(tmp_path / "straight", key), logged(tmp_path / "resumed", key)
+        assert {s: v for s, v in straight.items() if s > 2} == again, key
