@@ -22,6 +22,8 @@ export OMP_NUM_THREADS ?= 1
 
 # One process: python -m; several GPUs on one node: torchrun; a hostfile: the deepspeed launcher.
 LAUNCH = $(if $(HOSTFILE),$(VENV)/bin/deepspeed --hostfile $(HOSTFILE) --module,$(if $(filter 1,$(NGPU)),$(PY) -m,$(VENV)/bin/torchrun --nproc_per_node $(NGPU) -m))
+# demo-h200 and demo-micro write to their recipe's own folder (runs/demo-h200, runs/demo-micro) unless RUN= is given
+OUT_IF_GIVEN = $(if $(filter command line environment,$(origin RUN)),--out $(RUN))
 TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.image=$(RUN)/tokenizers/image \
        sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
 
@@ -61,10 +63,10 @@ demo: system-deps setup  ## the whole loop on the built-in demo world: corpus ->
 	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)
 
 demo-h200: system-deps setup  ## the demo world sized for one H200 (<= 10 min goal; not yet measured): configs/recipes/demo_h200.yaml
-	$(PY) -m omniseq.recipe --config configs/recipes/demo_h200.yaml $(ARGS)
+	$(PY) -m omniseq.recipe --config configs/recipes/demo_h200.yaml $(OUT_IF_GIVEN) $(ARGS)
 
 demo-micro: setup  ## the same loop at smoke-test size (a few minutes)
-	$(PY) -m omniseq.recipe --scale micro $(ARGS)
+	$(PY) -m omniseq.recipe --scale micro $(OUT_IF_GIVEN) $(ARGS)
 
 corpus: setup  ## the demo corpus only (runs/demo/corpus)
 	$(PY) -m omniseq.recipe --out $(RUN) --until corpus $(ARGS)

@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(SampleConfig, args.config, args.overrides)
     if args.prompts:
+        # a prompts file gives each prompt its own force and seed: flags beside it would be silently unused
+        given = [f"--{k}" for k in ("prompt", "force", "seed", *MEDIA) if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"--prompts {args.prompts} sets every prompt; {', '.join(given)} cannot go with it")
         prompts = read_prompts(args.prompts)
     else:
         segs = [Segment("text", text=args.prompt)] if args.prompt else []

@@ -8,6 +8,8 @@ any work starts. The resolved config is saved beside every checkpoint and shard 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -49,9 +51,21 @@ def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: 
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r}: expected key=value")
+    cls = schema if isinstance(schema, type) else type(schema)
     for o in overrides:  # parsed one at a time, so that a value that is not valid YAML is named
         try:
-            sources.append(("command line", OmegaConf.from_dotlist([o])))
+            key, _, value = o.partition("=")
+            kind = _field_type(cls, key)
+            if kind is str or (kind is int and re.fullmatch(r"[+-]?\d+", value.strip())):
+                # YAML 1.1 would read a string `no` as False, `0123` as 83, `a #b` as `a` and `` as None, and
+                # an int `010` as 8: a field typed str or int takes the text as it is written
+                data = OmegaConf.create()
+                if kind is str and re.fullmatch(r"\s*(['\"]).*\1\s*", value):
+                    value = yaml.safe_load(value)  # a quoted string: its quotes go, as YAML would read it
+                OmegaConf.update(data, key, value if kind is str else int(value.strip(), 10))
+            else:
+                data = OmegaConf.from_dotlist([o])
+            sources.append(("command line", data))
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             raise ConfigError(f"override {o!r}: the value is not valid YAML ({_first_line(e)})") from None
     for source, data in sources:
@@ -64,6 +78,20 @@ def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: 
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path or 'config'}: key {getattr(e, 'full_key', '?')!r}: {_first_line(e)}") from None
+
+
+def _field_type(cls: type, key: str) -> type | None:
+    """The declared type of dataclass field `key` (dotted, through nested dataclasses), or None."""
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        try:
+            cls = typing.get_type_hints(cls).get(part)
+        except (NameError, TypeError):
+            return None
+        if cls is None:
+            return None
+    return cls if cls in (str, int) or dataclasses.is_dataclass(cls) else None
 
 
 def _first_line(e: Exception) -> str:

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -32,9 +32,22 @@ STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3"
 STAGES = {"stage1": "stage1_alignment", "stage2": "stage2_interleaved", "stage3": "stage3_speech", "sft": "sft"}
 WORK_DIRS = {  # what a redone step deletes first, so that it starts over instead of resuming stale work
     "tokenizers": ("tokenizers/image_training", "tokenizers/audio_training"),
+    "corpus": ("corpus",),  # a kind left out would otherwise leave its old files for the later steps
     "shards": ("shards",),
     **{s: (s,) for s in STAGES},
+    "samples": ("samples",),
 }
+# The first step each recipe key changes: a step done before records the keys of its own and earlier steps, and
+# a rerun whose keys differ there is refused (it would reuse stale results). `out` and `data` say where things
+# are, not what they are, so a run can move (scripts/real_gpu_stages.sh) or read the same sets elsewhere.
+FIRST_STEP = {
+    "world": "corpus", "scale": "corpus", "seed": "corpus", "corpus_overrides": "corpus",
+    "text_vocab": "tokenizers", "image_tokenizer": "tokenizers", "audio_tokenizer": "tokenizers",
+    "image_sources": "tokenizers", "audio_sources": "tokenizers", "image_overrides": "tokenizers",
+    "audio_overrides": "tokenizers", "reproducible": "tokenizers", "shard_configs": "shards",
+    "stage_overrides": "stage1", "train_minutes": "stage1", "nproc": "stage1", "per_stage": "stage1",
+    "sample_overrides": "samples", "eval_per_direction": "eval", "eval_overrides": "eval",
+}  # fmt: skip
 SHARD_SETS = ("pairs", "speech", "interleaved", "sft", "pairs_eval", "sft_eval")
 WORLDS = ("demo", "real")
 
@@ -120,6 +133,7 @@ class Recipe:
         self.cfg = cfg
         self.out = Path(cfg.out).resolve()
         self.tok = self.out / "tokenizers"
+        self.pending: set[str] = set(STEPS)  # the steps this run makes (main: those not done before)
 
     def corpus(self) -> str:
         if self.cfg.world == "real":
@@ -249,8 +263,10 @@ class Recipe:
         return [f"root={self.out}", f"seed={c.seed}", *c.stage_overrides, *c.per_stage.get(step, [])]
 
     def stage_minutes(self, step: str) -> float:
-        """The stage's share of train_minutes: its planned tokens over all four stages' planned tokens."""
-        return self.cfg.train_minutes * self._planned_tokens[step] / sum(self._planned_tokens.values())
+        """The stage's share of train_minutes: its planned tokens over those of the stages this run trains (all
+        four, unless some were done before: a rerun from a later stage gives its stages the whole budget)."""
+        todo = [s for s in STAGES if s in self.pending] or list(STAGES)
+        return self.cfg.train_minutes * self._planned_tokens[step] / sum(self._planned_tokens[s] for s in todo)
 
     @cached_property
     def _planned_tokens(self) -> dict[str, int]:
@@ -341,6 +357,33 @@ class Recipe:
         return self.stage(name) if name in STAGES else getattr(self, name)()
 
 
+def step_inputs(cfg: RecipeConfig, name: str) -> dict:
+    """The recipe keys that step `name` and the steps before it depend on, with their values."""
+    upto = STEPS.index(name)
+    values = asdict(cfg)
+    return {k: values[k] for k, first in FIRST_STEP.items() if STEPS.index(first) <= upto}
+
+
+def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = False) -> None:
+    """Refuse to reuse a done step made with other keys (a run made before the record has none to check);
+    with `keep` (--keep-done), say what differs and go on."""
+    record = done / f"{name}.inputs.json"
+    if not record.is_file():
+        return
+    then, now = json.loads(record.read_text()), json.loads(json.dumps(step_inputs(cfg, name)))
+    changed = sorted(k for k in now if k in then and then[k] != now[k])
+    if changed:
+        first = min((FIRST_STEP[k] for k in changed), key=STEPS.index)
+        diff = "; ".join(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed)
+        if keep:
+            print(f"  {name}: kept (--keep-done), though done with other settings ({diff})", flush=True)
+            return
+        raise ConfigError(
+            f"{done.parent}: step {name!r} was done with other settings ({diff}); rerun from {first!r} with "
+            f"--redo {first}, write to another --out, or reuse it as it is with --keep-done"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="a recipe YAML (configs/recipes/); default: the demo")
@@ -348,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", choices=("small", "micro"), default="small")
     ap.add_argument("--redo", choices=STEPS, help="rerun this step and every later one")
     ap.add_argument("--until", choices=STEPS, default=STEPS[-1], help="stop after this step (make shards, ...)")
+    keep = "reuse the steps done before even where they were made with other settings (printed)"
+    ap.add_argument("--keep-done", action="store_true", help=keep)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of RecipeConfig")
     args = ap.parse_intermixed_args(argv)
     base = MICRO if args.scale == "micro" else RecipeConfig()
@@ -365,17 +410,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.redo:
         for s in STEPS[STEPS.index(args.redo) :]:
             (done / s).unlink(missing_ok=True)
+            (done / f"{s}.inputs.json").unlink(missing_ok=True)
             for work in WORK_DIRS.get(s, ()):
                 shutil.rmtree(Path(cfg.out) / work, ignore_errors=True)
     timings, t_all = [], time.perf_counter()
+    recipe.pending = {s for s in STEPS if not (done / s).exists()}
     for name in STEPS[: STEPS.index(args.until) + 1]:
         if (done / name).exists():
+            check_step_inputs(cfg, done, name, args.keep_done)
             timings.append((name, None, (done / name).read_text().strip()))
             continue
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
         summary = recipe.step(name)
         timings.append((name, time.perf_counter() - t0, summary))
+        (done / f"{name}.inputs.json").write_text(json.dumps(step_inputs(cfg, name), indent=1, sort_keys=True) + "\n")
         (done / name).write_text(summary + "\n")
     print(f"\n== {cfg.world} recipe finished in {time.perf_counter() - t_all:.0f} s ({cfg.out})")
     for name, secs, summary in timings:

@@ -44,7 +44,7 @@ run_recipe() {  # $1: training minutes; $2...: extra stage overrides
   [ $left -gt 0 ] || { echo "=== no time left (LIMIT=$LIMIT s)" | tee -a "$OUT/recipe.log"; return 124; }
   timeout --signal=TERM $left "${RECIPE[@]}" "stage_overrides=[$(join $BASE_STAGE save_every=100000 $STAGE_EXTRA "$@")]" \
     train_minutes="$minutes" eval_per_direction="${EVAL_N:-60}" 'eval_overrides=["references=[]", "sample.batch_size=64"]' \
-    ${RECIPE_EXTRA:+"$RECIPE_EXTRA"} 2>&1 | tee -a "$OUT/recipe.log"
+    ${RECIPE_EXTRA:+"$RECIPE_EXTRA"} $KEEP 2>&1 | tee -a "$OUT/recipe.log"
   return "${PIPESTATUS[0]}"
 }
 run_recipe "$MINUTES"
@@ -52,6 +52,8 @@ rc=$?
 if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then  # 124: out of time, nothing to retry
   left=$(( LIMIT - 30 - $(el) - 330 ))  # ~330 s: stage start-ups, exports, samples and the eval
   echo "=== recipe failed at $(el) s; retrying with model.attention=sdpa_masked, $left s of training" | tee -a "$OUT/recipe.log"
+  # the stages done before the failure were trained with the first attention and budget: reuse them
+  KEEP=--keep-done
   [ $left -gt 30 ] && run_recipe "$(python3 -c "print(round($left / 60, 2))")" model.attention=sdpa_masked
 fi
 echo "=== done at $(el) s" | tee -a "$OUT/recipe.log"

@@ -42,7 +42,7 @@ def test_micro_real_recipe_runs_every_step_and_its_table_reruns_for_chosen_tasks
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert sorted(p.name for p in (out / ".done").iterdir()) == sorted(STEPS)
+    assert sorted(p.name for p in (out / ".done").iterdir() if p.suffix != ".json") == sorted(STEPS)
     assert "real recipe finished" in res.stdout
     manifest = json.loads((out / "samples" / "manifest.json").read_text())
     assert len(manifest["rows"]) == 6 and all(r["error"] is None for r in manifest["rows"])

@@ -68,3 +68,18 @@ def test_cli_prints_user_errors_without_traceback(capsys):
     with pytest.raises(SystemExit) as e:
         run(main, [])
     assert e.value.code == 2 and capsys.readouterr().err.strip() == "error: stage.yaml: key 'stepz': not in Cfg"
+
+
+@pytest.mark.parametrize(
+    "override, key, value",
+    [
+        ("name=no", "name", "no"),  # YAML 1.1: False
+        ("name=0123", "name", "0123"),  # YAML 1.1: octal 83
+        ("name=a #b", "name", "a #b"),  # YAML: a comment
+        ("name=", "name", ""),  # YAML: null, refused for a str
+        ("name='quoted'", "name", "quoted"),
+        ("steps=010", "steps", 10),  # YAML 1.1: octal 8
+    ],
+)
+def test_overrides_of_str_and_int_fields_take_the_text_as_written(override, key, value):
+    assert getattr(load_config(Cfg, None, [override]), key) == value
