@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from omniseq.config import load_config, save_config
+from omniseq.config import ConfigError, load_config, save_config
 from omniseq.model.config import ModelConfig
 from omniseq.model.transformer import Transformer
 
@@ -57,12 +57,12 @@ def key_map(n_layers: int, tied: bool) -> dict[str, str]:
 def config_from_hf(hf: dict, vocab_size: int, where: str = "config.json", **overrides) -> ModelConfig:
     """A ModelConfig for the Hugging Face config dict `hf` with the omniseq vocabulary size."""
     if hf.get("model_type") not in SUPPORTED_TYPES:
-        raise ValueError(f"{where}: model_type {hf.get('model_type')!r}, expected one of {SUPPORTED_TYPES}")
+        raise ConfigError(f"{where}: model_type {hf.get('model_type')!r}, expected one of {SUPPORTED_TYPES}")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
-            raise ValueError(f"{where}: {flag} is true; omniseq's Llama has no biases")
+            raise ConfigError(f"{where}: {flag} is true; omniseq's Llama has no biases")
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{where}: hidden_act {hf['hidden_act']!r}, expected 'silu' (SwiGLU)")
+        raise ConfigError(f"{where}: hidden_act {hf['hidden_act']!r}, expected 'silu' (SwiGLU)")
     # transformers >= 5 nests RoPE settings in rope_parameters; older configs keep rope_theta/rope_scaling.
     rope = hf.get("rope_parameters") or {
         "rope_theta": hf.get("rope_theta", 10000.0),
@@ -78,7 +78,7 @@ def config_from_hf(hf: dict, vocab_size: int, where: str = "config.json", **over
             rope_original_max_len=int(rope["original_max_position_embeddings"]),
         )
     elif rope_type != "default":
-        raise ValueError(f"{where}: RoPE scaling {rope_type!r} is not supported (plain RoPE or 'llama3')")
+        raise ConfigError(f"{where}: RoPE scaling {rope_type!r} is not supported (plain RoPE or 'llama3')")
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     if window and window < hf.get("max_position_embeddings", 0):
         warnings.warn(
@@ -139,28 +139,28 @@ def import_hf_llama(
     hf = json.loads(config_path.read_text())
     cfg = config_from_hf(hf, vocab_size, where=str(config_path), **overrides)
     if cfg.qk_norm:
-        raise ValueError("qk_norm cannot be switched on while importing: Llama checkpoints have no QK-norm")
+        raise ConfigError("qk_norm cannot be switched on while importing: Llama checkpoints have no QK-norm")
     if not 0 < text_size <= hf["vocab_size"]:
-        raise ValueError(
+        raise ConfigError(
             f"{config_path}: vocab_size {hf['vocab_size']} < the layout's text size {text_size}: "
             "the text tokenizer must be this LLM's (or a prefix of it)"
         )
     if vocab_size < text_size:
-        raise ValueError(f"vocab_size {vocab_size} < text_size {text_size}")
+        raise ConfigError(f"vocab_size {vocab_size} < text_size {text_size}")
     hf_state = read_safetensors(path)
     if cfg.tie_embeddings:
         hf_state.pop("lm_head.weight", None)
     state = {}
     for ours, theirs in key_map(cfg.n_layers, cfg.tie_embeddings).items():
         if theirs not in hf_state:
-            raise KeyError(f"{path}: tensor {theirs!r} missing from the checkpoint")
+            raise ConfigError(f"{path}: tensor {theirs!r} missing from the checkpoint")
         state[ours] = hf_state.pop(theirs)
     for key in ("embed.weight", "lm_head.weight"):
         if key in state:
             state[key] = expand_rows(state[key], text_size, vocab_size)
     leftover = [k for k in hf_state if "rotary_emb" not in k]
     if leftover:
-        raise KeyError(f"{path}: tensors with no place in omniseq's Llama: {leftover[:5]}")
+        raise ConfigError(f"{path}: tensors with no place in omniseq's Llama: {leftover[:5]}")
     return Transformer.from_state_dict(cfg, state, dtype or state["embed.weight"].dtype)
 
 
@@ -171,7 +171,7 @@ def hf_config(cfg: ModelConfig, torch_dtype: torch.dtype, bos: int | None = None
     except ImportError as e:
         raise ImportError("exporting to Hugging Face needs transformers: pip install 'omniseq[hf]'") from e
     if cfg.qk_norm:
-        raise ValueError("model config has qk_norm=true: LlamaForCausalLM has no QK-norm, it cannot be exported")
+        raise ConfigError("model config has qk_norm=true: LlamaForCausalLM has no QK-norm, it cannot be exported")
     scaling = None
     if cfg.rope_scaling_factor > 0:
         scaling = {
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("model_dir")
     exp.add_argument("out_dir")
     exp.add_argument("--manifest", help="vocabulary manifest.json: records <bos>/<eos> ids in config.json")
-    exp.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    exp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default: as stored")
     args = parser.parse_args(argv)
     from omniseq.vocab import VocabLayout
 
