@@ -75,10 +75,10 @@ class RecipeConfig:
     shard_configs: str = "configs/data/demo_{name}.yaml"  # one per shard set ({name}: pairs, speech, ...)
     stage_overrides: list[str] = field(default_factory=list)  # key=value applied to every stage
     per_stage: dict[str, list[str]] = field(default_factory=dict)  # stage1|stage2|stage3|sft -> key=value
-    # wall-clock budget of the four stages' training loops, split in proportion to each stage's planned tokens
-    # (steps x batch x seq_len) and given to it as max_minutes: a stage that would overrun trains fewer steps
-    # on a rescaled schedule (omniseq/train/config.py). 0 = off. The CPU recipes set it: the 2-core machines
-    # differ 4-5x in speed (docs/training.md "Time budgets").
+    # wall-clock budget of the stages this run trains (all four, or those not done before), split in proportion
+    # to each stage's planned tokens (steps x batch x seq_len) and given to it as max_minutes: a stage that would
+    # overrun trains fewer steps on a rescaled schedule (omniseq/train/config.py). 0 = off. The CPU recipes set
+    # it: the 2-core machines differ 4-5x in speed (docs/training.md "Time budgets").
     train_minutes: float = 0.0
     # true: every budget counts steps, not minutes (the tokenizers' max_minutes and train_minutes are off), so a
     # rerun on the same machine gives the same tokenizers, weights and table bit for bit, in any folder: for
@@ -361,6 +361,8 @@ def step_inputs(cfg: RecipeConfig, name: str) -> dict:
     """The recipe keys that step `name` and the steps before it depend on, with their values."""
     upto = STEPS.index(name)
     values = asdict(cfg)
+    # per_stage by stage: changing sft's entry leaves the stages before it valid
+    values["per_stage"] = {s: v for s, v in values["per_stage"].items() if s in STEPS and STEPS.index(s) <= upto}
     return {k: values[k] for k, first in FIRST_STEP.items() if STEPS.index(first) <= upto}
 
 
@@ -373,7 +375,9 @@ def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = Fal
     then, now = json.loads(record.read_text()), json.loads(json.dumps(step_inputs(cfg, name)))
     changed = sorted(k for k in now if k in then and then[k] != now[k])
     if changed:
-        first = min((FIRST_STEP[k] for k in changed), key=STEPS.index)
+        firsts = [FIRST_STEP[k] for k in changed if k != "per_stage"]
+        firsts += [s for s in STAGES if then.get("per_stage", {}).get(s) != now["per_stage"].get(s)]
+        first = min(firsts, key=STEPS.index)
         diff = "; ".join(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed)
         if keep:
             print(f"  {name}: kept (--keep-done), though done with other settings ({diff})", flush=True)

@@ -57,6 +57,20 @@ def test_micro_demo_runs_every_step(tmp_path):
     )
 
 
+def test_a_stages_own_overrides_leave_the_stages_before_it_valid(tmp_path):
+    from omniseq.config import ConfigError, load_config
+    from omniseq.recipe import RecipeConfig, check_step_inputs, step_inputs
+
+    before = load_config(RecipeConfig, None, [])
+    for step in ("stage1", "stage3", "sft"):
+        (tmp_path / f"{step}.inputs.json").write_text(json.dumps(step_inputs(before, step)))
+    now = load_config(RecipeConfig, None, ["per_stage={sft: [steps=5]}"])
+    check_step_inputs(now, tmp_path, "stage1")
+    check_step_inputs(now, tmp_path, "stage3")
+    with pytest.raises(ConfigError, match="--redo sft"):
+        check_step_inputs(now, tmp_path, "sft")
+
+
 def test_every_recipe_key_names_the_first_step_it_changes():
     from dataclasses import fields
 

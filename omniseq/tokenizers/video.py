@@ -213,6 +213,11 @@ class FrameVideoTokenizer(MediaTokenizer):
     def fingerprint(self) -> str:
         return fingerprint({"kind": self.kind, **self._identity()}, self.weights())
 
+    @classmethod
+    def saves_weights(cls, config: dict) -> bool:
+        # a config naming only its image tokenizer's folder (no embedded `image`) reads the weights from there
+        return "image" in config
+
     def codebook_spec(self) -> CodebookSpec:
         spec = self.image.codebook_spec()
         return CodebookSpec(

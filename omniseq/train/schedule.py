@@ -18,6 +18,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from omniseq.config import ConfigError
+
 
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
     """The fraction of the peak lr that optimizer step `step` (1-based) uses."""
@@ -55,6 +57,11 @@ class WarmupCosine(LRScheduler):
         return {"last_epoch": self.last_epoch, "_step_count": self._step_count}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if "last_epoch" not in state_dict:  # DeepSpeed's WarmupCosineLR wrote {"last_batch_iteration": n}
+            raise ConfigError(
+                "this checkpoint was written before omniseq's own lr schedule (2026-12-06) and cannot resume with "
+                "it: train into a new out_dir, or delete the stage's ckpt/ folder to start the stage again"
+            )
         self.last_epoch, self._step_count = state_dict["last_epoch"], state_dict["_step_count"]
         self._apply()  # the optimizer's groups may hold another schedule's lr (or none, a fresh optimizer)
 

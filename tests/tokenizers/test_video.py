@@ -138,3 +138,14 @@ def test_real_animated_emoji_clip(image_dir, shared_data):
     tok = video_tok(image_dir, fps=4, source_fps=8)
     codes = tok.encode(f"{shared_data / 'noto_animated_emoji' / 'clips_16x64x64.npz'}:clips:0")
     assert codes.shape == (8, 4, 4)
+
+
+def test_a_config_naming_only_its_image_tokenizers_folder_loads_without_a_weights_file(image_dir, tmp_path):
+    import json
+
+    d = tmp_path / "video"
+    d.mkdir()
+    config = {"kind": FrameVideoTokenizer.kind, "config": {"image_tokenizer": str(image_dir)}}
+    (d / "tokenizer.json").write_text(json.dumps(config))
+    tok = load_tokenizer(d)
+    assert tok.fingerprint() == video_tok(image_dir).fingerprint()

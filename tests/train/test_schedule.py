@@ -95,3 +95,15 @@ def test_a_resumed_stage_repeats_the_losses_and_lrs_bit_for_bit(train_world, tmp
     for key in ("train/loss", "lr"):
         straight, again = logged(tmp_path / "straight", key), logged(tmp_path / "resumed", key)
         assert {s: v for s, v in straight.items() if s > 2} == again, key
+
+
+def test_a_checkpoint_of_deepspeeds_old_scheduler_is_refused_with_advice():
+    import pytest
+    import torch
+
+    from omniseq.config import ConfigError
+    from omniseq.train.schedule import WarmupCosine
+
+    schedule = WarmupCosine(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 10, 2, 0.1)
+    with pytest.raises(ConfigError, match="new out_dir"):
+        schedule.load_state_dict({"last_batch_iteration": 4})
