@@ -376,7 +376,8 @@ def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = Fal
     changed = sorted(k for k in now if k in then and then[k] != now[k])
     if changed:
         firsts = [FIRST_STEP[k] for k in changed if k != "per_stage"]
-        firsts += [s for s in STAGES if then.get("per_stage", {}).get(s) != now["per_stage"].get(s)]
+        if "per_stage" in changed:
+            firsts += [s for s in STAGES if then["per_stage"].get(s) != now["per_stage"].get(s)]
         first = min(firsts, key=STEPS.index)
         diff = "; ".join(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed)
         if keep:
