@@ -17,9 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     from omniseq.eval.harness import EvalConfig, evaluate, format_table
 
     overrides = list(args.overrides) + ([f"sample.checkpoint={args.checkpoint}"] if args.checkpoint else [])
-    results = evaluate(load_config(EvalConfig, args.config, overrides))
+    cfg = load_config(EvalConfig, args.config, overrides)
+    results = evaluate(cfg)
     print(format_table(results))
-    print(f"({results['seconds']:.0f} s) wrote {load_config(EvalConfig, args.config, overrides).out}/results.json")
+    print(f"({results['seconds']:.0f} s) wrote {cfg.out}/results.json")
 
 
 if __name__ == "__main__":
