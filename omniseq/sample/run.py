@@ -20,7 +20,7 @@ import torch
 
 from omniseq.config import ConfigError
 from omniseq.document import DocumentCodec, Segment, segment_from_json
-from omniseq.model.precision import use_bf16
+from omniseq.model.precision import pick_device, use_bf16
 from omniseq.sample.generate import GenerateConfig, generate, prompt_ids
 from omniseq.sample.guidance import uncond_prompt
 from omniseq.sample.render import render
@@ -96,8 +96,7 @@ class SamplingSession:
 
     def __init__(self, cfg: SampleConfig):
         self.cfg = cfg
-        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if want_cuda else "cpu")
+        self.device = pick_device(cfg.device)
         bf16 = use_bf16(cfg.dtype, self.device)
         model, layout = load_export(cfg.checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32)
         self.model, self.layout = model.eval().to(self.device), layout

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from omniseq.config import ConfigError, load_config, save_config
+from omniseq.model.precision import pick_device
 from omniseq.tokenizers.audio import (
     RVQAudioTokenizer,
     RVQCodec,
@@ -73,6 +74,7 @@ class AudioTrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints
     resume: bool = True  # continue from out/checkpoint.pt when it exists
     threads: int = 1  # torch CPU threads (more than the free cores slows a shared machine down badly)
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda: where the training loop runs
     seed: int = 0
 
     @property
@@ -178,9 +180,10 @@ def evaluate(model: RVQCodec | SpecCodec, clips: list[np.ndarray], cfg: RVQCodec
     """Held-out SI-SNR (dB), log-mel and log-spectral distance and codebook usage of each used layer.
     SI-SNR is meaningless for rvq_spec_audio (Griffin-Lim phase); it is reported, not optimised."""
     model.eval()
+    device = next(model.parameters()).device
     snr, mel, lsd, codes_seen = [], [], [], [[] for _ in range(cfg.layers_used)]
     for x in clips:
-        wav = torch.from_numpy(np.pad(x, (0, -len(x) % cfg.hop)))[None, None]
+        wav = torch.from_numpy(np.pad(x, (0, -len(x) % cfg.hop)))[None, None].to(device)
         codes = model.encode(wav)[..., : cfg.layers_used]  # [1, F, L]
         y = model.decode(codes)[:, 0]
         snr.append(float(si_snr(wav[:, 0], y)[0]))
@@ -215,12 +218,13 @@ def plot_spectrograms(model: RVQCodec | SpecCodec, clips: list[np.ndarray], cfg:
     clips = clips[:4]
     fig, axes = plt.subplots(2, len(clips), figsize=(3.2 * len(clips), 5), squeeze=False)
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i, x in enumerate(clips):
-            wav = torch.from_numpy(np.pad(x, (0, -len(x) % cfg.hop)))[None, None]
+            wav = torch.from_numpy(np.pad(x, (0, -len(x) % cfg.hop)))[None, None].to(device)
             y = model.decode(model.encode(wav)[..., : cfg.layers_used])[:, 0]
             for row, sig, title in ((0, wav[:, 0], "original"), (1, y, f"{cfg.layers_used}-layer RVQ")):
-                axes[row][i].imshow(log_mel(sig, cfg.sample_rate)[0].numpy(), origin="lower", aspect="auto")
+                axes[row][i].imshow(log_mel(sig, cfg.sample_rate)[0].cpu().numpy(), origin="lower", aspect="auto")
                 axes[row][i].set_title(f"clip {i}: {title}", fontsize=9)
     model.train()
     fig.tight_layout()
@@ -257,6 +261,7 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
     """Train (or resume) the codec described by cfg; returns the saved tokenizer and final metrics."""
     codec_cfg = cfg.active
     codec_cfg.validate()
+    device = pick_device(cfg.device)  # before reading any data: a machine without the device fails at once
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,28 +272,32 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
     print(f"{n_train} training clips from {len(cfg.sources)} source(s), {len(data.valid)} held out, "
           f"{len(data.skipped)} skipped; loaded in {time.perf_counter() - t0:.0f} s")  # fmt: skip
     torch.manual_seed(cfg.seed)
-    model = (RVQCodec(codec_cfg) if cfg.kind == "rvq_audio" else SpecCodec(codec_cfg)).train()
+    model = (RVQCodec(codec_cfg) if cfg.kind == "rvq_audio" else SpecCodec(codec_cfg)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng, step, history, seconds_before = np.random.default_rng(cfg.seed), 0, [], 0.0
     ckpt = out / "checkpoint.pt"
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, history, seconds_before = state["step"], state["history"], state.get("train_seconds", 0.0)
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         print(f"resumed from {ckpt} at step {step}")
 
     def save_checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                  "train_seconds": seconds_before + time.perf_counter() - t_train,
                  "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}  # fmt: skip
+        if device.type == "cuda":  # the quantizers' k-means init and code expiry draw from the GPU's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 
     t_train = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"audio codec ({cfg.kind})")
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"audio codec ({cfg.kind}, {device.type})")
     while step < cfg.steps:
         elapsed = seconds_before + time.perf_counter() - t_train
         if cfg.max_minutes and elapsed > 60 * cfg.max_minutes:
@@ -296,7 +305,7 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed, cfg)
-        loss, parts = step_loss(model, sample_batch(data, cfg, rng), cfg)
+        loss, parts = step_loss(model, sample_batch(data, cfg, rng).to(device, non_blocking=True), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -311,7 +320,8 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
             save_checkpoint()
     bar.close()
     save_checkpoint()
-    metrics = {"step": step, "train_minutes": round((time.perf_counter() - t_train) / 60, 2)}
+    model.cpu()  # the held-out metrics, the picture and the saved tokenizer: on the CPU, as every later step uses it
+    metrics = {"step": step, "device": device.type, "train_minutes": round((time.perf_counter() - t_train) / 60, 2)}
     if data.valid:
         metrics.update(evaluate(model, data.valid, codec_cfg))
         plot_spectrograms(model, data.valid, codec_cfg, out / "spectrograms.png")

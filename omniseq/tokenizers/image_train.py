@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from omniseq.config import load_config, save_config, to_dict
+from omniseq.model.precision import pick_device
 from omniseq.tokenizers.base import MediaError
 from omniseq.tokenizers.image import VQAutoencoder, VQImageConfig, VQImageTokenizer, to_pixels
 from omniseq.tokenizers.image_io import array_to_rgb, fit, image_files, load_image
@@ -50,6 +51,7 @@ class ImageTrainConfig:
     resume: bool = True  # continue from <out>/ckpt.pt when it exists
     seed: int = 0
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda: where the training loop runs
     grid_images: int = 16  # originals/reconstructions in recon.png
 
 
@@ -155,32 +157,38 @@ def train(cfg: ImageTrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
     train_x, held, skipped = load_data(cfg)
-    model = VQAutoencoder(cfg.tokenizer).train()  # not a tokenizer yet: k-means init needs real batches
+    # not a tokenizer yet: k-means init needs real batches
+    model = VQAutoencoder(cfg.tokenizer).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     # seconds_before: training time of earlier runs (from the checkpoint), so that a resumed run keeps to
     # max_minutes and its learning-rate schedule where they were, as the audio trainer does
     step, rng, seconds_before = 0, np.random.default_rng(cfg.seed), 0.0
     ckpt = out / "ckpt.pt"
     if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, rng.bit_generator.state = state["step"], state["rng"]
         seconds_before = state.get("train_seconds", 0.0)
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
 
     def save_ckpt():
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
         state["train_seconds"] = seconds_before + time.time() - start
         state |= {"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
+        if device.type == "cuda":  # k-means init and the quantizer's sampling draw from the GPU's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 
     start, cpu_start, first_loss, loss_ema = time.time(), time.process_time(), None, None
-    bar = tqdm(total=cfg.steps, initial=step, desc="image tokenizer", unit="step")
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"image tokenizer ({device.type})", unit="step")
     while step < cfg.steps and not (cfg.max_minutes and seconds_before + time.time() - start > 60 * cfg.max_minutes):
-        x = to_pixels(train_x[rng.integers(0, len(train_x), cfg.batch_size)])
+        x = to_pixels(train_x[rng.integers(0, len(train_x), cfg.batch_size)]).to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, seconds_before + time.time() - start)
         recon, _, aux = model(x)
@@ -201,10 +209,11 @@ def train(cfg: ImageTrainConfig) -> dict:
     bar.close()
     train_seconds, cpu_seconds = seconds_before + time.time() - start, time.process_time() - cpu_start
     save_ckpt()
-    tok = VQImageTokenizer(cfg.tokenizer, model)
+    tok = VQImageTokenizer(cfg.tokenizer, model.cpu())  # the held-out metrics and the saved weights: on the CPU
     metrics, recon = evaluate(tok, held)
     metrics |= {
         "steps": step,
+        "device": device.type,
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),  # on a shared machine, what the run really got
         "first_rec_loss": first_loss,

@@ -59,6 +59,32 @@ def test_train_writes_outputs_skips_bad_files_and_resumes(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["step"] == 6
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["rvq_audio", "rvq_spec_audio"])
+def test_train_on_the_gpu_evaluates_resumes_and_saves_a_cpu_tokenizer(tmp_path, kind):
+    data = tmp_path / "wavs"
+    data.mkdir()
+    for i in range(6):
+        t = np.arange(8000 + 1000 * i) / 8000
+        sf.write(data / f"tone{i}.wav", 0.4 * np.sin(2 * np.pi * (200 + 50 * i) * t), 8000)
+    out = tmp_path / "run"
+    args = ["--config", str(TINY), f"kind={kind}", f"sources=[{data}]",
+            f"out={out}", "device=cuda", "checkpoint_every=2", "eval_every=2", "valid_fraction=0.3"]  # fmt: skip
+    main([*args, "steps=4"])
+    main([*args, "steps=6"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"] == "cuda" and metrics["step"] == 6 and np.isfinite(metrics["mel_distance"])
+    assert [h["step"] for h in metrics["history"]] == [2, 4, 6]  # evaluated on the GPU mid-run
+    tok = load_tokenizer(out / "tokenizer")
+    assert next(tok.model.parameters()).device.type == "cpu" and len(tok.encode(data / "tone0.wav"))
+
+
+def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device: cuda asked for"):
+        main(["--config", str(TINY), f"sources=[{tmp_path}]", f"out={tmp_path / 'run'}", "device=cuda"])
+
+
 def test_learning_rate_anneals_over_whichever_budget_ends_first():
     """A run stopped by max_minutes must end near lr/10, not at the peak: the H200 recipe's codec, stopped by
     its time cap at a quarter of its steps, had kept 87% of its learning rate."""

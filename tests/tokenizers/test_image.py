@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from omniseq.config import load_config
+from omniseq.config import ConfigError, load_config
 from omniseq.tokenizers.base import MediaError, load_tokenizer
 from omniseq.tokenizers.image import VQImageConfig, VQImageTokenizer, to_pixels
 from omniseq.tokenizers.image_io import ImageIOConfig
@@ -163,6 +163,23 @@ def test_training_lowers_reconstruction_loss(tmp_path):
     tok = load_tokenizer(out / "tokenizer")
     assert tok.fingerprint() == metrics["fingerprint"]
     assert 0 < metrics["usage"] <= 1 and metrics["tokens_per_image"] == 64 and metrics["psnr_db"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_the_gpu_lowers_the_loss_resumes_and_saves_a_cpu_tokenizer(tmp_path):
+    torch.manual_seed(0)
+    metrics = train(_train_cfg(tmp_path, steps=40, lr=0.005, warmup=5, device="cuda", ckpt_every=20))
+    assert metrics["device"] == "cuda" and metrics["final_rec_loss_ema"] < 0.5 * metrics["first_rec_loss"]
+    tok = load_tokenizer(tmp_path / "run" / "tokenizer")
+    assert tok.device.type == "cpu" and tok.fingerprint() == metrics["fingerprint"]
+    again = train(_train_cfg(tmp_path, steps=45, device="cuda"))
+    assert again["steps"] == 45 and again["first_rec_loss"] is not None  # 5 more steps from the checkpoint
+
+
+def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device: cuda asked for"):
+        train(_train_cfg(tmp_path, steps=2, device="cuda"))
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
