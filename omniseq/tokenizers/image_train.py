@@ -151,13 +151,13 @@ def save_grid(originals: np.ndarray, recon: np.ndarray, path: Path) -> None:
 
 
 def train(cfg: ImageTrainConfig) -> dict:
+    device = pick_device(cfg.device)  # before anything is written: a machine without the device fails at once
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
     train_x, held, skipped = load_data(cfg)
     # not a tokenizer yet: k-means init needs real batches
     model = VQAutoencoder(cfg.tokenizer).to(device).train()

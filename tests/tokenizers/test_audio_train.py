@@ -61,7 +61,7 @@ def test_train_writes_outputs_skips_bad_files_and_resumes(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", ["rvq_audio", "rvq_spec_audio"])
-def test_train_on_the_gpu_evaluates_resumes_and_saves_a_cpu_tokenizer(tmp_path, kind):
+def test_train_on_the_gpu_evaluates_resumes_and_saves_a_cpu_tokenizer(tmp_path, kind, capsys):
     data = tmp_path / "wavs"
     data.mkdir()
     for i in range(6):
@@ -71,7 +71,9 @@ def test_train_on_the_gpu_evaluates_resumes_and_saves_a_cpu_tokenizer(tmp_path, 
     args = ["--config", str(TINY), f"kind={kind}", f"sources=[{data}]",
             f"out={out}", "device=cuda", "checkpoint_every=2", "eval_every=2", "valid_fraction=0.3"]  # fmt: skip
     main([*args, "steps=4"])
+    assert "cuda_rng" in torch.load(out / "checkpoint.pt", weights_only=False)
     main([*args, "steps=6"])
+    assert "resumed from" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["device"] == "cuda" and metrics["step"] == 6 and np.isfinite(metrics["mel_distance"])
     assert [h["step"] for h in metrics["history"]] == [2, 4, 6]  # evaluated on the GPU mid-run

@@ -172,8 +172,11 @@ def test_training_on_the_gpu_lowers_the_loss_resumes_and_saves_a_cpu_tokenizer(t
     assert metrics["device"] == "cuda" and metrics["final_rec_loss_ema"] < 0.5 * metrics["first_rec_loss"]
     tok = load_tokenizer(tmp_path / "run" / "tokenizer")
     assert tok.device.type == "cpu" and tok.fingerprint() == metrics["fingerprint"]
+    state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert state["step"] == 40 and "cuda_rng" in state  # the GPU's draws continue where they were
     again = train(_train_cfg(tmp_path, steps=45, device="cuda"))
-    assert again["steps"] == 45 and again["first_rec_loss"] is not None  # 5 more steps from the checkpoint
+    # 5 more steps from the checkpoint: its training seconds carry over (a fresh run starts from 0)
+    assert again["steps"] == 45 and again["train_seconds"] > metrics["train_seconds"]
 
 
 def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
