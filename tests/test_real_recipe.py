@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from omniseq.config import ConfigError
+from omniseq.eval.gallery import item_name
 from omniseq.eval.real import RealEvalConfig, evaluate, real_sample_config
 from omniseq.recipe import STEPS
 
@@ -54,6 +55,14 @@ def test_micro_real_recipe_runs_every_step_and_its_table_reruns_for_chosen_tasks
     assert len(results["answers"]) == sum(row["n"] for row in results["table"]["trained"].values())
     media = [a for a in results["answers"] if not a["task"].endswith("2text")]
     assert media and all(a["score"] == float(a["scored_as"] == a["label"]) for a in media)
+    # and every generated image or clip is on disk, named by its answer's index, asked label and scorer's label,
+    # with a contact sheet a task
+    gallery, generated = results["gallery"], out / "eval" / "generated"
+    assert set(gallery["sheets"]) == {a["task"] for a in media} and gallery["errors"] == []
+    for task, sheet in gallery["sheets"].items():
+        made = {item_name(i, a) for i, a in enumerate(results["answers"]) if a["task"] == task and a["scored_as"]}
+        assert (generated / sheet).is_file() and {f.stem for f in (generated / task).glob("*")} == made
+        assert len(made) + gallery["no_span"].get(task, 0) == results["table"]["trained"][task]["n"]
     # the corpus never pairs eval items into training files
     train_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.train.jsonl").read_text().splitlines()}
     eval_ids = {json.loads(ln)["meta"]["id"] for ln in (out / "corpus" / "sft.eval.jsonl").read_text().splitlines()}

@@ -38,11 +38,13 @@ import torch
 from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
+from omniseq.eval.gallery import write_gallery
 from omniseq.eval.harness import Item, load_items
 from omniseq.eval.metrics import edit_distance
 from omniseq.model.transformer import Transformer
 from omniseq.sample.generate import prompt_ids
 from omniseq.sample.guidance import uncond_prompt
+from omniseq.sample.render import sample_rate_of
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
 from omniseq.sample.sampling import GuidanceConfig
 from omniseq.tokenizers.audio_io import load_audio
@@ -203,16 +205,17 @@ def generated_answers(
 
 def score_model(
     session: SamplingSession, items: list[Item], scorers: dict, text_tokens: int, words_only: bool = False
-) -> tuple[list[float], list[dict]]:
-    """One score in [0, 1] per item for the session's model, and what it answered: its text (the picked
-    candidate for ranked names) and, for generated media, the label the scorer gave it."""
+) -> tuple[list[float], list[dict], list]:
+    """One score in [0, 1] per item for the session's model, what it answered (its text, the picked candidate
+    for ranked names, and for generated media the label the scorer gave it) and the media it generated (None
+    for a text answer or a missing span)."""
     open_items = [it for it in items if it.task not in CANDIDATE_TASKS]
     answers = {}
     if open_items:
         answers = dict(zip(map(id, open_items), generated_answers(session, open_items, text_tokens, words_only)))
-    scores, said = [], []
+    scores, said, made = [], [], []
     for item in items:
-        heard = None
+        heard, media = None, None
         if item.task in CANDIDATE_TASKS:
             text = item.meta["candidates"][rank_candidates(session, item)]
             score = float(text == item.meta["label"])
@@ -226,9 +229,10 @@ def score_model(
                 heard = None if media is None else str(scorers[dst].predict([media])[0])
                 score = float(heard == item.meta["label"])
         scores.append(score)
+        made.append(media)
         said.append({"task": item.task, "id": item.meta.get("id"), "label": item.meta["label"], "text": text,
                      "scored_as": heard, "score": score})  # fmt: skip
-    return scores, said
+    return scores, said, made
 
 
 def media_of(item: Item, kind: str):
@@ -329,7 +333,7 @@ def evaluate(cfg: RealEvalConfig) -> dict:
         scorer = load_or_train(SCORER_OF[kind], cfg.data, cfg.scorers, cfg.seed, cfg.scorer_overrides)
         scorers[kind], reports[kind] = scorer
     words_only = cfg.chain_draw_from == "words"
-    trained_scores, answers = score_model(session, items, scorers, cfg.text_tokens, words_only)
+    trained_scores, answers, generated = score_model(session, items, scorers, cfg.text_tokens, words_only)
     per_row = {"trained": trained_scores}
     per_row.update(reference_scores(session, items, scorers))
     if "random" in cfg.references:
@@ -358,8 +362,13 @@ def evaluate(cfg: RealEvalConfig) -> dict:
                "seconds": time.perf_counter() - t0}  # fmt: skip
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(format_table(results) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # saved before the pictures
+    audio = session.codec.media.get("audio")
+    modalities = [None if split_task(it.task)[1] == "text" else KIND_MODALITY[split_task(it.task)[1]] for it in items]
+    results["gallery"] = write_gallery(out / "generated", answers, generated, modalities,
+                                       sample_rate_of(audio) if audio else AUDIO_RATE)  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -393,6 +402,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(RealEvalConfig, args.config, args.overrides)
     results = evaluate(cfg)
     print(format_table(results))
+    gallery = results["gallery"]
+    if gallery["sheets"]:
+        print(f"generated media and a contact sheet per task: {Path(cfg.out) / 'generated'}")
+    for error in gallery["errors"]:
+        print(f"  not written: {error}")
     print(f"-> {Path(cfg.out) / 'results.json'} ({results['seconds']:.0f} s)")
 
 

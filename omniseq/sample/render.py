@@ -48,7 +48,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     video_io.write_mp4(frames, path, fps)
 
 
-def _sample_rate(tok) -> int:
+def sample_rate_of(tok) -> int:
     rate = getattr(tok, "sample_rate", None) or tok.config_dict().get("sample_rate")
     if not rate:
         raise ValueError(f"{tok.kind} audio tokenizer exposes no sample_rate (attribute or config key)")
@@ -128,7 +128,7 @@ def _render_media(codec: DocumentCodec, modality: str, codes: np.ndarray, path: 
         if modality == "image":
             write_png(path, media)
         elif modality == "audio":
-            write_wav(path, media, _sample_rate(tok))
+            write_wav(path, media, sample_rate_of(tok))
         else:
             rate = codec.layout.codebook("video").rate or getattr(tok, "fps", 0) or 1.0
             write_mp4(path, media, rate)
