@@ -28,7 +28,7 @@ TOKS = sample.text_tokenizer=$(RUN)/tokenizers/text sample.media_tokenizers.imag
        sample.media_tokenizers.audio=$(RUN)/tokenizers/audio sample.media_tokenizers.video=$(RUN)/tokenizers/video
 
 .PHONY: help setup system-deps test test-fast lint format demo demo-h200 demo-micro corpus tokenizers shards stage1 stage2 stage3 sft \
-        sample eval real real-cpu eval-real bench clean
+        sample eval real real-cpu eval-real bench clean test-gpu
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_ -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test: setup lint  ## lint, then the whole CPU test suite (slow tests included)
 
 test-fast: setup  ## the CPU tests without the slow ones
 	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+test-gpu: setup  ## on a GPU machine: the tests that need CUDA (attention backends, the model, tokenizer training)
+	$(PY) -m pytest -q -m gpu tests
 
 demo: system-deps setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
 	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)

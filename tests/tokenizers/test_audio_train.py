@@ -59,6 +59,7 @@ def test_train_writes_outputs_skips_bad_files_and_resumes(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["step"] == 6
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", ["rvq_audio", "rvq_spec_audio"])
 def test_train_on_the_gpu_evaluates_resumes_and_saves_a_cpu_tokenizer(tmp_path, kind, capsys):

@@ -165,6 +165,7 @@ def test_training_lowers_reconstruction_loss(tmp_path):
     assert 0 < metrics["usage"] <= 1 and metrics["tokens_per_image"] == 64 and metrics["psnr_db"] > 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_the_gpu_lowers_the_loss_resumes_and_saves_a_cpu_tokenizer(tmp_path):
     torch.manual_seed(0)
