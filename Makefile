@@ -114,6 +114,7 @@ bench: setup  ## CPU-sized benchmarks, one JSON line each (GPU numbers: docs/ben
 	$(PY) bench/shards.py
 	$(PY) bench/tokenizers.py image
 	$(PY) bench/tokenizers.py audio
+	TQDM_DISABLE=1 $(PY) bench/tokenizer_training.py --recipe configs/recipes/real_small.yaml
 
 clean:  ## remove generated runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache .hypothesis
