@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(EvalConfig, args.config, overrides)
     results = evaluate(cfg)
     print(format_table(results))
+    if results["gallery"]["sheets"]:
+        print(f"generated media and a contact sheet per direction: {cfg.out}/generated")
+    for error in results["gallery"]["errors"]:
+        print(f"  not written: {error}")
     print(f"({results['seconds']:.0f} s) wrote {cfg.out}/results.json")
 
 

@@ -1,19 +1,22 @@
-"""What the real table's generation tasks made, to look at and listen to rather than read as a percentage.
+"""What an evaluation's generation tasks made, to look at and listen to rather than read as a percentage.
 
-For every task whose answer is an image or a clip (text -> digit image, spoken digit -> image, text -> spoken
-digit, label -> sound), `write_gallery` writes each generated item as a file named by its place in the table's
-`answers`, what was asked and what the scorer made of it (`text2digit_image/007-seven-as-one.png`, `.wav` for
-clips; labels lower-cased, other characters as `_`), and one contact sheet per task (`text2digit_image.png`): a
-column per asked label, up to `per_label` items down it, each marked with the scorer's label, green where it is
-the asked one and red where not; clips are shown as their log-mel spectrograms. A column of red sevens drawn as
-ones says at a glance what a row of 60% hides. Items that made no span of the asked modality have no file; the
-sheet's title counts them.
+For every task whose answer is an image, a clip or a video (the real table's text -> digit image or label ->
+sound; the demo's text -> image, melody, sound, speech, video), `write_gallery` writes each generated item as a
+file named by its place in the answers, what was asked and what the scorer or analyser made of it
+(`text2digit_image/007-seven-as-one.png`, `.wav` for clips, `.mp4` for videos; lower-cased, other characters as
+`_`), and one contact sheet per task (`text2digit_image.png`). With a few labels (the ten digits, ESC-10's
+classes) the sheet has a column per asked label and up to `per_label` items down it; with many (the demo's
+captions) it shows the first `max_items` items in a grid, each under its request. Each item is marked with what
+was made of it: green when it scored 1, red at 0, orange between; clips appear as log-mel spectrograms, videos as
+a strip of frames. A column of red sevens drawn as ones says at a glance what a row of 60% hides. Items that
+made no span of the asked modality have no file; the sheet's title counts them.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,12 +24,14 @@ import numpy as np
 import torch
 
 from omniseq.data.real_sets import DIGIT_WORDS
-from omniseq.sample.render import write_png, write_wav
+from omniseq.sample.render import write_mp4, write_png, write_wav
 from omniseq.tokenizers.audio import log_mel
+
+COLUMNS_UP_TO = 12  # more distinct labels than this: a grid of items instead of a column per label
 
 
 def _slug(text: str | None) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "none"
+    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")[:60] or "none"
 
 
 def item_name(index: int, said: dict) -> str:
@@ -36,11 +41,12 @@ def item_name(index: int, said: dict) -> str:
 
 def write_gallery(
     out_dir: str | Path, answers: list[dict], media: list, modalities: list[str | None], sample_rate: int,
-    per_label: int = 3,
+    per_label: int = 3, max_items: int = 30, video_fps: float = 4.0,
 ) -> dict:  # fmt: skip
-    """`answers[i]` is the real table's record of item i (task, label, scored_as); `modalities[i]` the modality
-    its task generates (None for a text answer); `media[i]` what the model generated (uint8 [H, W, 3], or
-    float [N] / [C, N] audio at `sample_rate`), None where it made no such span.
+    """`answers[i]` is the record of item i: task, label (what was asked), scored_as (what was made of the
+    answer) and, optionally, score in [0, 1] (else: scored_as == label); `modalities[i]` the modality its task
+    generates (None for a text answer); `media[i]` what the model generated (uint8 [H, W, 3], float [N] / [C, N]
+    audio at `sample_rate`, uint8 [T, H, W, 3] video), None where it made no such span.
 
     Replaces `out_dir` (a rerun with other tasks leaves no stale files). Returns {"sheets": task -> sheet file
     name in `out_dir`, "no_span": task -> count, "errors": ["file: reason", ...]}: a decoded output that is not
@@ -65,6 +71,8 @@ def write_gallery(
                 write_png(path.with_suffix(".png"), made)
             elif modality == "audio":
                 write_wav(path.with_suffix(".wav"), made, sample_rate)
+            elif modality == "video":
+                write_mp4(path.with_suffix(".mp4"), made, video_fps)
             else:
                 raise ValueError(f"no gallery for {modality} outputs")
         except ValueError as e:
@@ -75,45 +83,67 @@ def write_gallery(
     for task in sorted(set(by_task) | set(no_span)):
         sheets[task] = f"{task}.png"
         out.mkdir(parents=True, exist_ok=True)
-        _contact_sheet(task, by_task.get(task, []), no_span.get(task, 0), sample_rate, per_label, out / sheets[task])
+        rows, missing = by_task.get(task, []), no_span.get(task, 0)
+        _contact_sheet(task, rows, missing, sample_rate, per_label, max_items, out / sheets[task])
     return {"sheets": sheets, "no_span": dict(no_span), "errors": errors}
 
 
-def _contact_sheet(task: str, rows: list, missing: int, sample_rate: int, per_label: int, path: Path) -> None:
+def _colour(said: dict) -> str:
+    score = said.get("score")
+    score = float(said["scored_as"] == said["label"]) if score is None else score
+    return "tab:green" if score >= 1 else "tab:red" if score <= 0 else "tab:orange"
+
+
+def _show(ax, made: np.ndarray, modality: str, sample_rate: int) -> None:
+    if modality == "image":
+        ax.imshow(made)
+    elif modality == "video":  # four frames, evenly spaced, in reading order on a 2 x 2 grid (fewer: side by side)
+        frames = [made[i] for i in np.linspace(0, len(made) - 1, min(4, len(made))).round().astype(int)]
+        rows = [frames[:2], frames[2:]] if len(frames) == 4 else [frames]
+        ax.imshow(np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0))
+    else:
+        wave = made.astype(np.float32)
+        wave = wave.mean(0) if wave.ndim == 2 else wave.reshape(-1)  # [C, N]: the channels' mean
+        # a clip of a frame or two is shorter than the STFT's reflect padding needs
+        wave = torch.from_numpy(np.pad(wave, (0, max(0, 1024 - len(wave)))))[None]
+        ax.imshow(log_mel(wave, sample_rate)[0].numpy(), origin="lower", aspect="auto")
+
+
+def _contact_sheet(
+    task: str, rows: list, missing: int, sample_rate: int, per_label: int, max_items: int, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns: dict[str, list] = defaultdict(list)
-    for said, made, modality in rows:
-        if len(columns[said["label"]]) < per_label:
-            columns[said["label"]].append((said, made, modality))
-    labels = sorted(columns, key=lambda w: (DIGIT_WORDS.index(w), "") if w in DIGIT_WORDS else (len(DIGIT_WORDS), w))
-    depth = max([len(c) for c in columns.values()] or [1])
-    fig, axes = plt.subplots(depth, max(1, len(labels)), figsize=(1.5 * max(1, len(labels)), 1.6 * depth + 0.5),
-                             squeeze=False)  # fmt: skip
+    digits_first = lambda w: (DIGIT_WORDS.index(w), "") if w in DIGIT_WORDS else (len(DIGIT_WORDS), w)  # noqa: E731
+    labels = sorted({said["label"] for said, _, _ in rows}, key=digits_first)
+    if len(labels) <= COLUMNS_UP_TO:  # a column per asked label
+        columns = {label: [r for r in rows if r[0]["label"] == label][:per_label] for label in labels}
+        cells = {(row, col): item for col, label in enumerate(labels) for row, item in enumerate(columns[label])}
+        depth, width = max([len(c) for c in columns.values()] or [1]), max(1, len(labels))
+        heads = {(0, col): textwrap.fill(f"asked: {label}", 24) for col, label in enumerate(labels)}
+    else:  # a grid of the first items, each under its request
+        width = 10
+        cells = {divmod(k, width): item for k, item in enumerate(rows[:max_items])}
+        depth = -(-len(cells) // width)
+        heads = {at: textwrap.fill(said["label"], 24) for at, (said, _, _) in cells.items()}
+    tall = 1.7 + 0.35 * max([h.count("\n") for h in heads.values()] or [0])  # room for wrapped requests
+    fig, axes = plt.subplots(depth, width, figsize=(1.5 * width, tall * depth + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for col, label in enumerate(labels):
-        for row, (said, made, modality) in enumerate(columns[label]):
-            ax = axes[row][col]
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if modality == "image":
-                ax.imshow(made)
-            else:
-                wave = made.astype(np.float32)
-                wave = wave.mean(0) if wave.ndim == 2 else wave.reshape(-1)  # [C, N]: the channels' mean
-                # a clip of a frame or two is shorter than the STFT's reflect padding needs
-                wave = torch.from_numpy(np.pad(wave, (0, max(0, 1024 - len(wave)))))[None]
-                ax.imshow(log_mel(wave, sample_rate)[0].numpy(), origin="lower", aspect="auto")
-            right = said["scored_as"] == said["label"]
-            ax.set_xlabel(f"as {said['scored_as']}", fontsize=8, color="tab:green" if right else "tab:red")
-        axes[0][col].set_title(f"asked: {label}", fontsize=8)
+    for (row, col), (said, made, modality) in cells.items():
+        ax = axes[row][col]
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _show(ax, made, modality, sample_rate)
+        ax.set_xlabel(textwrap.fill(f"as {said['scored_as']}", 24), fontsize=7, color=_colour(said))
+    for (row, col), head in heads.items():
+        axes[row][col].set_title(head, fontsize=7)
     made_none = f"; {missing} of {missing + len(rows)} made no span" if missing else ""
-    fig.suptitle(f"{task}: generated (green: the scorer's label is the asked one){made_none}", fontsize=9)
+    fig.suptitle(f"{task}: generated (green: scored right, red: wrong, orange: in part){made_none}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -29,8 +29,10 @@ from omniseq.data.demo_corpus import document_of
 from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
 from omniseq.document import Segment, segment_from_json
 from omniseq.eval.analysers import SpeechRecogniser, analyse
-from omniseq.eval.metrics import compare, mean_scores, parse_text
+from omniseq.eval.gallery import write_gallery
+from omniseq.eval.metrics import compare, describe, mean_scores, parse_text
 from omniseq.model.transformer import Transformer
+from omniseq.sample.render import sample_rate_of
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
 from omniseq.vocab import MODALITIES
 
@@ -112,11 +114,14 @@ def budget(item: Item, layout, text_tokens: int) -> int:
 
 
 def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt], recogniser, text_tokens: int):
-    """Generate for every prompt and score each answer against its item's ground truth."""
+    """Generate for every prompt and score each answer against its item's ground truth. Returns the score rows,
+    and for the gallery, per item, what was asked and made of the answer ({task, label, scored_as, score}) and
+    the decoded media (None for a text answer or a missing span)."""
     ids, out = session.generate(prompts, [budget(it, session.layout, text_tokens) for it in items])
-    rows = []
+    rows, said, made = [], [], []
     for item, p, o in zip(items, ids, out):
         answer = [s for s in session.codec.decode(np.concatenate([p, o])) if s.role == "assistant"] or []
+        decoded = None
         if item.to_text:
             text = "".join(s.text for s in answer if s.modality == "text")
             pred = parse_text(item.kind, text)
@@ -129,7 +134,10 @@ def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt
                 pred = analyse(item.kind, decoded, recogniser) if item.kind != "speech" or recogniser else {}
         scores = compare(item.kind, pred, item.meta)
         rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
-    return rows
+        asked = "".join(s.text for s in item.prompt if s.modality == "text").strip()
+        said.append({"task": item.task, "label": asked, "scored_as": describe(pred), "score": rows[-1]["main"]})
+        made.append(decoded)
+    return rows, said, made
 
 
 @torch.no_grad()
@@ -161,15 +169,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     recogniser = SpeechRecogniser.from_espeak() if speech else None
     base = [Prompt(it.prompt, None if it.to_text else KIND_MODALITY[it.kind]) for it in items]
     results = {"checkpoint": cfg.sample.checkpoint, "rows": {}}
-    results["rows"]["trained"] = score_rows(session, items, base, recogniser, cfg.text_tokens)
+    results["rows"]["trained"], said, made = score_rows(session, items, base, recogniser, cfg.text_tokens)
     if "blind" in cfg.references:
         prompts = [Prompt(blind(it), p.force) for it, p in zip(items, base)]
-        results["rows"]["blind"] = score_rows(session, items, prompts, recogniser, cfg.text_tokens)
+        results["rows"]["blind"] = score_rows(session, items, prompts, recogniser, cfg.text_tokens)[0]
     if "random" in cfg.references:
         trained = session.model
         torch.manual_seed(0)
         session.model = Transformer.build(trained.cfg, device=session.device).to(next(trained.parameters()).dtype)
-        results["rows"]["random"] = score_rows(session, items, base, recogniser, cfg.text_tokens)
+        results["rows"]["random"] = score_rows(session, items, base, recogniser, cfg.text_tokens)[0]
         session.model = trained
     results["table"] = {name: task_means(rows) for name, rows in results["rows"].items()}
     if cfg.perplexity_sources:
@@ -178,8 +186,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     results["seconds"] = time.perf_counter() - t0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(format_table(results) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # saved before the pictures
+    modalities = [None if it.to_text else KIND_MODALITY[it.kind] for it in items]
+    audio = session.codec.media.get("audio")
+    results["gallery"] = write_gallery(out / "generated", said, made, modalities,
+                                       sample_rate_of(audio) if audio else 16000)  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

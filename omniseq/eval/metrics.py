@@ -104,6 +104,20 @@ def parse_text(kind: str, text: str) -> dict:
     raise ValueError(f"unknown kind {kind!r}; expected image, melody, sound, speech or video")
 
 
+def describe(attributes: dict) -> str:
+    """Attributes (parse_text's or an analyser's) -> a short phrase for a picture's caption: `large red circle
+    top left`, `C E G`, `beeps 3`, `blue square up`; `nothing` where nothing was found."""
+    parts = []
+    for value in attributes.values():
+        if isinstance(value, list) and all(isinstance(o, dict) for o in value):  # objects
+            parts.append("; ".join(" ".join(str(v) for v in o.values() if v is not None) for o in value))
+        elif isinstance(value, list):  # notes
+            parts.append(" ".join(str(v) for v in value))
+        elif value is not None and value != 0:
+            parts.append(str(value))
+    return " ".join(p for p in parts if p) or "nothing"
+
+
 def edit_distance(a: list, b: list) -> int:
     """Levenshtein distance between two sequences."""
     prev = list(range(len(b) + 1))

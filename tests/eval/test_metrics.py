@@ -63,3 +63,15 @@ def test_video_and_sound_scores():
     s = m.compare("video", {**truth, "direction": "right"}, truth)
     assert (s["colour"], s["direction"], s["exact"]) == (1.0, 0.0, 0.0)
     assert m.compare("sound", {"sound": "warble"}, {"sound": "warble"}) == {"exact": 1.0}
+
+
+def test_describe_gives_a_short_caption_of_any_attributes():
+    describe = m.describe
+    scene = {"objects": [{"colour": "red", "shape": "circle", "size": "large", "position": "top left"},
+                         {"colour": "blue", "shape": "square", "size": "small", "position": "centre"}]}  # fmt: skip
+    assert describe(scene) == "red circle large top left; blue square small centre"
+    assert describe({"notes": ["C", "E", "G"]}) == "C E G"
+    assert describe({"sound": "beeps", "bursts": 3}) == "beeps 3"
+    assert describe({"sound": "warble", "bursts": 0}) == "warble"
+    assert describe({"colour": "blue", "shape": "square", "direction": "up"}) == "blue square up"
+    assert describe({"objects": []}) == describe({}) == describe({"colour": None}) == "nothing"
