@@ -32,6 +32,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from omniseq.atomic import write_text_atomic
 from omniseq.config import load_config
 from omniseq.data.corpus import (
     FORMATS,
@@ -198,9 +199,7 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]
     for f in files.values():
         f.close()
     os.replace(tmp, shard_path(cfg, k))
-    done = shard_path(cfg, k, ".stats.json")
-    done.with_suffix(".tmp").write_text(json.dumps(stats, indent=1))
-    os.replace(done.with_suffix(".tmp"), done)
+    write_text_atomic(shard_path(cfg, k, ".stats.json"), json.dumps(stats, indent=1))
     return stats
 
 
@@ -281,9 +280,7 @@ def write_manifest(cfg: ShardConfig, layout: VocabLayout, shard_stats: list[dict
         "skipped_examples": [e for s in shard_stats for e in s["examples"]][:MAX_EXAMPLES],
         "config": asdict(cfg),
     }
-    path = Path(cfg.out) / MANIFEST
-    path.with_suffix(".tmp").write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(path.with_suffix(".tmp"), path)
+    write_text_atomic(Path(cfg.out) / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

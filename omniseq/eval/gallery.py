@@ -7,9 +7,10 @@ file named by its place in the answers, what was asked and what the scorer or an
 `_`), and one contact sheet per task (`text2digit_image.png`). With a few labels (the ten digits, ESC-10's
 classes) the sheet has a column per asked label and up to `per_label` items down it; with many (the demo's
 captions) it shows the first `max_items` items in a grid, each under its request. Each item is marked with what
-was made of it: green when it scored 1, red at 0, orange between; clips appear as log-mel spectrograms, videos as
-a strip of frames. A column of red sevens drawn as ones says at a glance what a row of 60% hides. Items that
-made no span of the asked modality have no file; the sheet's title counts them.
+was made of it: green when it scored 1, red at 0, orange between; clips appear as log-mel spectrograms, videos
+as four frames on a 2 x 2 grid. A column of red sevens drawn as ones says at a glance what a row of 60% hides.
+Items that made no span of the asked modality have no file; the sheet's title counts them, and says how many
+of the made items it shows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from omniseq.data.real_sets import DIGIT_WORDS
-from omniseq.sample.render import write_mp4, write_png, write_wav
+from omniseq.sample.render import write_media
 from omniseq.tokenizers.audio import log_mel
 
 COLUMNS_UP_TO = 12  # more distinct labels than this: a grid of items instead of a column per label
@@ -40,17 +41,19 @@ def item_name(index: int, said: dict) -> str:
 
 
 def write_gallery(
-    out_dir: str | Path, answers: list[dict], media: list, modalities: list[str | None], sample_rate: int,
-    per_label: int = 3, max_items: int = 30, video_fps: float = 4.0,
+    out_dir: str | Path, answers: list[dict], media: list, modalities: list[str | None], rates: dict,
+    per_label: int = 3, max_items: int = 30,
 ) -> dict:  # fmt: skip
     """`answers[i]` is the record of item i: task, label (what was asked), scored_as (what was made of the
     answer) and, optionally, score in [0, 1] (else: scored_as == label); `modalities[i]` the modality its task
     generates (None for a text answer); `media[i]` what the model generated (uint8 [H, W, 3], float [N] / [C, N]
-    audio at `sample_rate`, uint8 [T, H, W, 3] video), None where it made no such span.
+    audio, uint8 [T, H, W, 3] video), None where it made no such span; `rates[modality]` what it plays at
+    (`render.media_rate`: the audio's sample rate, the video's frames per second).
 
     Replaces `out_dir` (a rerun with other tasks leaves no stale files). Returns {"sheets": task -> sheet file
-    name in `out_dir`, "no_span": task -> count, "errors": ["file: reason", ...]}: a decoded output that is not
-    a valid image or clip is listed there, not written, and does not stop the rest."""
+    name in `out_dir`, "no_span": task -> count, "errors": ["file: reason", ...]}: an output that cannot be
+    written and a sheet that cannot be drawn are listed there and do not stop the rest, nor the evaluation
+    that called this after computing its table."""
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True)
     by_task: dict[str, list[tuple[dict, np.ndarray, str]]] = defaultdict(list)
@@ -65,26 +68,23 @@ def write_gallery(
             continue
         folder = out / task
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / item_name(i, said)
+        name = item_name(i, said)
         try:
-            if modality == "image":
-                write_png(path.with_suffix(".png"), made)
-            elif modality == "audio":
-                write_wav(path.with_suffix(".wav"), made, sample_rate)
-            elif modality == "video":
-                write_mp4(path.with_suffix(".mp4"), made, video_fps)
-            else:
-                raise ValueError(f"no gallery for {modality} outputs")
-        except ValueError as e:
-            errors.append(f"{path.name}: {e}")
+            write_media(folder / name, modality, made, rates.get(modality))
+        except Exception as e:  # noqa: BLE001 (a codec's odd output or a writer's failure: listed, the rest goes on)
+            errors.append(f"{name}: {e}" if isinstance(e, ValueError) else f"{name}: {type(e).__name__}: {e}")
             continue
         by_task[task].append((said, np.asarray(made), modality))
     sheets = {}
     for task in sorted(set(by_task) | set(no_span)):
-        sheets[task] = f"{task}.png"
         out.mkdir(parents=True, exist_ok=True)
         rows, missing = by_task.get(task, []), no_span.get(task, 0)
-        _contact_sheet(task, rows, missing, sample_rate, per_label, max_items, out / sheets[task])
+        try:
+            _contact_sheet(task, rows, missing, rates.get("audio"), per_label, max_items, out / f"{task}.png")
+        except Exception as e:  # noqa: BLE001 (a picture that cannot be drawn is not worth the table)
+            errors.append(f"{task}.png: {type(e).__name__}: {e}")
+            continue
+        sheets[task] = f"{task}.png"
     return {"sheets": sheets, "no_span": dict(no_span), "errors": errors}
 
 
@@ -110,7 +110,7 @@ def _show(ax, made: np.ndarray, modality: str, sample_rate: int) -> None:
 
 
 def _contact_sheet(
-    task: str, rows: list, missing: int, sample_rate: int, per_label: int, max_items: int, path: Path
+    task: str, rows: list, missing: int, sample_rate: int | None, per_label: int, max_items: int, path: Path
 ) -> None:
     import matplotlib
 
@@ -142,8 +142,9 @@ def _contact_sheet(
         ax.set_xlabel(textwrap.fill(f"as {said['scored_as']}", 24), fontsize=7, color=_colour(said))
     for (row, col), head in heads.items():
         axes[row][col].set_title(head, fontsize=7)
+    shown = f"; {len(cells)} of the {len(rows)} made shown" if len(cells) < len(rows) else ""
     made_none = f"; {missing} of {missing + len(rows)} made no span" if missing else ""
-    fig.suptitle(f"{task}: generated (green: scored right, red: wrong, orange: in part){made_none}", fontsize=9)
+    fig.suptitle(f"{task}: generated (green: scored right, red: wrong, orange: in part){shown}{made_none}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omniseq.atomic import write_text_atomic
 from omniseq.data.demo_corpus import document_of
 from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
 from omniseq.document import Segment, segment_from_json
@@ -32,7 +33,7 @@ from omniseq.eval.analysers import SpeechRecogniser, analyse
 from omniseq.eval.gallery import write_gallery
 from omniseq.eval.metrics import compare, describe, mean_scores, parse_text
 from omniseq.model.transformer import Transformer
-from omniseq.sample.render import sample_rate_of
+from omniseq.sample.render import media_rate
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
 from omniseq.vocab import MODALITIES
 
@@ -187,12 +188,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(format_table(results) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # saved before the pictures
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")  # saved before the pictures
     modalities = [None if it.to_text else KIND_MODALITY[it.kind] for it in items]
-    audio = session.codec.media.get("audio")
     results["gallery"] = write_gallery(out / "generated", said, made, modalities,
-                                       sample_rate_of(audio) if audio else 16000)  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                                       {m: media_rate(session.codec, m) for m in session.codec.media})  # fmt: skip
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -105,7 +105,7 @@ def parse_text(kind: str, text: str) -> dict:
 
 
 def describe(attributes: dict) -> str:
-    """Attributes (parse_text's or an analyser's) -> a short phrase for a picture's caption: `large red circle
+    """Attributes (parse_text's or an analyser's) -> a short phrase for a picture's caption: `red circle large
     top left`, `C E G`, `beeps 3`, `blue square up`; `nothing` where nothing was found."""
     parts = []
     for value in attributes.values():

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omniseq.atomic import write_text_atomic
 from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
@@ -44,7 +45,7 @@ from omniseq.eval.metrics import edit_distance
 from omniseq.model.transformer import Transformer
 from omniseq.sample.generate import prompt_ids
 from omniseq.sample.guidance import uncond_prompt
-from omniseq.sample.render import sample_rate_of
+from omniseq.sample.render import media_rate
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
 from omniseq.sample.sampling import GuidanceConfig
 from omniseq.tokenizers.audio_io import load_audio
@@ -363,12 +364,11 @@ def evaluate(cfg: RealEvalConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(format_table(results) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # saved before the pictures
-    audio = session.codec.media.get("audio")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")  # saved before the pictures
     modalities = [None if split_task(it.task)[1] == "text" else KIND_MODALITY[split_task(it.task)[1]] for it in items]
     results["gallery"] = write_gallery(out / "generated", answers, generated, modalities,
-                                       sample_rate_of(audio) if audio else AUDIO_RATE)  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                                       {m: media_rate(session.codec, m) for m in session.codec.media})  # fmt: skip
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -36,3 +36,19 @@ def use_bf16(choice: str, device: torch.device) -> bool:
     if choice != "auto":
         return choice == "bf16"
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+def torch_rng_state(device: torch.device) -> dict:
+    """torch's generators a training loop on `device` draws from, as checkpoint entries: the CPU's always, the
+    GPU's too on CUDA (k-means init, the quantizers' sampling and code expiry run there)."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_torch_rng_state(state: dict, device: torch.device) -> None:
+    """Restores what `torch_rng_state` saved; a checkpoint written on the CPU resumed on CUDA keeps the GPU's seed."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)

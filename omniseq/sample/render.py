@@ -55,6 +55,32 @@ def sample_rate_of(tok) -> int:
     return int(rate)
 
 
+def media_rate(codec: DocumentCodec, modality: str) -> float | None:
+    """What a decoded span of `modality` plays at: an audio tokenizer's sample rate, a video's frames per second
+    (the layout's rate, else the tokenizer's, else 1); None for images and for a modality with no tokenizer."""
+    tok = codec.media.get(modality)
+    if tok is None or modality == "image":
+        return None
+    if modality == "audio":
+        return sample_rate_of(tok)
+    return codec.layout.codebook("video").rate or getattr(tok, "fps", 0) or 1.0
+
+
+def write_media(path: Path, modality: str, media, rate: float | None) -> Path:
+    """One decoded span -> `path` with its modality's suffix (PNG, WAV at `rate` Hz, MP4 at `rate` fps).
+    ValueError when `media` is not what that modality's decoder must return."""
+    path = Path(path).with_suffix("." + EXT.get(modality, "bin"))
+    if modality == "image":
+        write_png(path, media)
+    elif modality == "audio":
+        write_wav(path, media, rate)
+    elif modality == "video":
+        write_mp4(path, media, rate)
+    else:
+        raise ValueError(f"no file format for {modality} spans")
+    return path
+
+
 def render(
     codec: DocumentCodec,
     rows: Sequence[Sequence[int]],
@@ -124,14 +150,7 @@ def _render_media(codec: DocumentCodec, modality: str, codes: np.ndarray, path: 
     if tok is None:
         return {"file": None, "error": f"no {modality} tokenizer loaded"}
     try:
-        media = tok.decode(codes)
-        if modality == "image":
-            write_png(path, media)
-        elif modality == "audio":
-            write_wav(path, media, sample_rate_of(tok))
-        else:
-            rate = codec.layout.codebook("video").rate or getattr(tok, "fps", 0) or 1.0
-            write_mp4(path, media, rate)
+        path = write_media(path, modality, tok.decode(codes), media_rate(codec, modality))
     except (ValueError, RuntimeError) as e:
         return {"file": None, "error": f"{type(e).__name__}: {e}"}
     return {"file": path.name}

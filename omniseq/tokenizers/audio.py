@@ -17,6 +17,7 @@ a discriminator doubles the CPU cost, and the goal here is intelligible tokens, 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -195,9 +196,16 @@ def _stft_mag(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:  # [B, T] 
     return torch.stft(x, n_fft, hop, window=win, return_complex=True).abs().clamp_min(1e-7)
 
 
+@functools.lru_cache(maxsize=16)
+def _filterbank_on(sample_rate: int, n_fft: int, n_mels: int, device: torch.device) -> torch.Tensor:
+    """The filters, built once per size and device: the codec's loss takes log-mels several times a step, and on
+    a GPU a numpy build and a host-to-device copy each time would cost more than the einsum."""
+    return mel_filterbank(sample_rate, n_fft, n_mels).to(device)
+
+
 def log_mel(x: torch.Tensor, sample_rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 64) -> torch.Tensor:
     """[B, T] -> natural-log mel spectrogram [B, n_mels, frames]."""
-    fb = mel_filterbank(sample_rate, n_fft, n_mels).to(x.device)
+    fb = _filterbank_on(int(sample_rate), n_fft, n_mels, x.device)
     return torch.log(torch.einsum("mf,bft->bmt", fb, _stft_mag(x, n_fft, hop) ** 2).clamp_min(1e-5))
 
 

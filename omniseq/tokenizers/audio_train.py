@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from omniseq.config import ConfigError, load_config, save_config
-from omniseq.model.precision import pick_device
+from omniseq.model.precision import pick_device, set_torch_rng_state, torch_rng_state
 from omniseq.tokenizers.audio import (
     RVQAudioTokenizer,
     RVQCodec,
@@ -282,17 +282,13 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
         opt.load_state_dict(state["optimizer"])
         step, history, seconds_before = state["step"], state["history"], state.get("train_seconds", 0.0)
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        set_torch_rng_state(state, device)
         print(f"resumed from {ckpt} at step {step}")
 
     def save_checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
                  "train_seconds": seconds_before + time.perf_counter() - t_train,
-                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}  # fmt: skip
-        if device.type == "cuda":  # the quantizers' k-means init and code expiry draw from the GPU's generator
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+                 "numpy_rng": rng.bit_generator.state, **torch_rng_state(device)}  # fmt: skip
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 
@@ -326,9 +322,9 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
         metrics.update(evaluate(model, data.valid, codec_cfg))
         plot_spectrograms(model, data.valid, codec_cfg, out / "spectrograms.png")
     metrics.update(total_minutes=round((time.perf_counter() - t0) / 60, 2), skipped=data.skipped[:20], history=history)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tok = RVQAudioTokenizer(codec_cfg, model) if cfg.kind == "rvq_audio" else SpecAudioTokenizer(codec_cfg, model)
     tok.save(out / "tokenizer")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last: it says the tokenizer is whole
     return tok, metrics
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from omniseq.config import load_config, save_config, to_dict
-from omniseq.model.precision import pick_device
+from omniseq.model.precision import pick_device, set_torch_rng_state, torch_rng_state
 from omniseq.tokenizers.base import MediaError
 from omniseq.tokenizers.image import VQAutoencoder, VQImageConfig, VQImageTokenizer, to_pixels
 from omniseq.tokenizers.image_io import array_to_rgb, fit, image_files, load_image
@@ -172,16 +172,12 @@ def train(cfg: ImageTrainConfig) -> dict:
         opt.load_state_dict(state["optimizer"])
         step, rng.bit_generator.state = state["step"], state["rng"]
         seconds_before = state.get("train_seconds", 0.0)
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        set_torch_rng_state(state, device)
 
     def save_ckpt():
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
         state["train_seconds"] = seconds_before + time.time() - start
-        state |= {"rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": to_dict(cfg)}
-        if device.type == "cuda":  # k-means init and the quantizer's sampling draw from the GPU's generator
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        state |= {"rng": rng.bit_generator.state, "config": to_dict(cfg)} | torch_rng_state(device)
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 

@@ -14,7 +14,6 @@ size it was saved with.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from omniseq.atomic import write_text_atomic
 from omniseq.model.config import ModelConfig
 from omniseq.model.hf import load_model_dir, save_model_dir
 from omniseq.model.transformer import Transformer
@@ -47,12 +47,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def latest_complete(root: Path) -> str | None:
     """The newest tag with a COMPLETE marker (the `latest` file, else a scan)."""
     marker = root / LATEST
@@ -73,7 +67,7 @@ def save(engine, root: Path, step: int, common: dict, per_rank: dict, keep_last:
     dist.barrier()
     if rank == 0:
         (root / tag / COMPLETE).write_text(json.dumps({"step": step, "world_size": world}) + "\n")
-        _atomic_write(root / LATEST, tag)
+        write_text_atomic(root / LATEST, tag)
         done = sorted(p for p in root.glob("step*") if (p / COMPLETE).is_file())
         for old in done[: max(len(done) - keep_last, 0)]:
             shutil.rmtree(old, ignore_errors=True)

@@ -86,6 +86,7 @@ def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="device: cuda asked for"):
         main(["--config", str(TINY), f"sources=[{tmp_path}]", f"out={tmp_path / 'run'}", "device=cuda"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_learning_rate_anneals_over_whichever_budget_ends_first():

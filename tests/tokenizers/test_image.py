@@ -176,14 +176,15 @@ def test_training_on_the_gpu_lowers_the_loss_resumes_and_saves_a_cpu_tokenizer(t
     state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
     assert state["step"] == 40 and "cuda_rng" in state  # the GPU's draws continue where they were
     again = train(_train_cfg(tmp_path, steps=45, device="cuda"))
-    # 5 more steps from the checkpoint: its training seconds carry over (a fresh run starts from 0)
-    assert again["steps"] == 45 and again["train_seconds"] > metrics["train_seconds"]
+    # 5 more steps from the checkpoint: its first loss is that of a trained model (a fresh run's is not)
+    assert again["steps"] == 45 and again["first_rec_loss"] < 0.5 * metrics["first_rec_loss"]
 
 
 def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="device: cuda asked for"):
         train(_train_cfg(tmp_path, steps=2, device="cuda"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path):
