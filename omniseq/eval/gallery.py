@@ -94,19 +94,20 @@ def _colour(said: dict) -> str:
     return "tab:green" if score >= 1 else "tab:red" if score <= 0 else "tab:orange"
 
 
-def _show(ax, made: np.ndarray, modality: str, sample_rate: int) -> None:
+def _picture(made: np.ndarray, modality: str, sample_rate: int | None) -> np.ndarray:
+    """What a cell shows: the image; four frames of a video, evenly spaced, in reading order on a 2 x 2 grid
+    (fewer: side by side); a clip's log-mel spectrogram."""
     if modality == "image":
-        ax.imshow(made)
-    elif modality == "video":  # four frames, evenly spaced, in reading order on a 2 x 2 grid (fewer: side by side)
+        return made
+    if modality == "video":
         frames = [made[i] for i in np.linspace(0, len(made) - 1, min(4, len(made))).round().astype(int)]
         rows = [frames[:2], frames[2:]] if len(frames) == 4 else [frames]
-        ax.imshow(np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0))
-    else:
-        wave = made.astype(np.float32)
-        wave = wave.mean(0) if wave.ndim == 2 else wave.reshape(-1)  # [C, N]: the channels' mean
-        # a clip of a frame or two is shorter than the STFT's reflect padding needs
-        wave = torch.from_numpy(np.pad(wave, (0, max(0, 1024 - len(wave)))))[None]
-        ax.imshow(log_mel(wave, sample_rate)[0].numpy(), origin="lower", aspect="auto")
+        return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+    wave = made.astype(np.float32)
+    wave = wave.mean(0) if wave.ndim == 2 else wave.reshape(-1)  # [C, N]: the channels' mean
+    # a clip of a frame or two is shorter than the STFT's reflect padding needs
+    wave = torch.from_numpy(np.pad(wave, (0, max(0, 1024 - len(wave)))))[None]
+    return log_mel(wave, sample_rate)[0].numpy()
 
 
 def _contact_sheet(
@@ -129,16 +130,23 @@ def _contact_sheet(
         cells = {divmod(k, width): item for k, item in enumerate(rows[:max_items])}
         depth = -(-len(cells) // width)
         heads = {at: textwrap.fill(said["label"], 24) for at, (said, _, _) in cells.items()}
-    tall = 1.7 + 0.35 * max([h.count("\n") for h in heads.values()] or [0])  # room for wrapped requests
+    pictures = {at: _picture(made, modality, sample_rate) for at, (_, made, modality) in cells.items()}
+    # a row as tall as its tallest picture (a two-frame video strip is half as tall as wide; spectrograms are
+    # drawn square), with room for wrapped requests
+    ratio = max([p.shape[0] / p.shape[1] for at, p in pictures.items() if cells[at][2] != "audio"] or [1.0])
+    tall = 0.4 + 1.3 * min(ratio, 2.0) + 0.35 * max([h.count("\n") for h in heads.values()] or [0])
     fig, axes = plt.subplots(depth, width, figsize=(1.5 * width, tall * depth + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for (row, col), (said, made, modality) in cells.items():
+    for (row, col), (said, _, modality) in cells.items():
         ax = axes[row][col]
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
-        _show(ax, made, modality, sample_rate)
+        if modality == "audio":
+            ax.imshow(pictures[row, col], origin="lower", aspect="auto")
+        else:
+            ax.imshow(pictures[row, col])
         ax.set_xlabel(textwrap.fill(f"as {said['scored_as']}", 24), fontsize=7, color=_colour(said))
     for (row, col), head in heads.items():
         axes[row][col].set_title(head, fontsize=7)
