@@ -72,7 +72,7 @@ def write_gallery(
         try:
             write_media(folder / name, modality, made, rates.get(modality))
         except Exception as e:  # noqa: BLE001 (a codec's odd output or a writer's failure: listed, the rest goes on)
-            errors.append(f"{name}: {e}" if isinstance(e, ValueError) else f"{name}: {type(e).__name__}: {e}")
+            errors.append(f"{name}: {type(e).__name__}: {e}")
             continue
         by_task[task].append((said, np.asarray(made), modality))
     sheets = {}

@@ -69,15 +69,15 @@ def media_rate(codec: DocumentCodec, modality: str) -> float | None:
 def write_media(path: Path, modality: str, media, rate: float | None) -> Path:
     """One decoded span -> `path` with its modality's suffix (PNG, WAV at `rate` Hz, MP4 at `rate` fps).
     ValueError when `media` is not what that modality's decoder must return."""
-    path = Path(path).with_suffix("." + EXT.get(modality, "bin"))
+    if modality not in EXT:
+        raise ValueError(f"no file format for {modality} spans; expected one of {sorted(EXT)}")
+    path = Path(path).with_suffix("." + EXT[modality])
     if modality == "image":
         write_png(path, media)
     elif modality == "audio":
         write_wav(path, media, rate)
-    elif modality == "video":
-        write_mp4(path, media, rate)
     else:
-        raise ValueError(f"no file format for {modality} spans")
+        write_mp4(path, media, rate)
     return path
 
 

@@ -324,7 +324,8 @@ def train(cfg: AudioTrainConfig) -> tuple[RVQAudioTokenizer | SpecAudioTokenizer
     metrics.update(total_minutes=round((time.perf_counter() - t0) / 60, 2), skipped=data.skipped[:20], history=history)
     tok = RVQAudioTokenizer(codec_cfg, model) if cfg.kind == "rvq_audio" else SpecAudioTokenizer(codec_cfg, model)
     tok.save(out / "tokenizer")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")  # last: it says the tokenizer is whole
+    # after the save, as image_train: a metrics.json never sits beside a tokenizer that was not written
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return tok, metrics
 
 
