@@ -2,6 +2,7 @@
 
     python bench/train_step.py --size 1B --seq-len 2048 --batch 8 --docs-per-row 4 --compile
     python bench/train_step.py --size tiny --seq-len 256 --batch 4 --causal       # plain causal rows
+    python bench/train_step.py --size demo --vocab 4577 --seq-len 512 --set dim=192 loss_keep_logits_mib=0
 
 Packed rows (default) split every row into --docs-per-row documents of random lengths and pass
 document_ids, so the document-causal backend runs (flash_varlen / flex on a GPU, sdpa_masked on the CPU);
@@ -21,6 +22,7 @@ import json
 import time
 
 import torch
+import yaml
 
 from omniseq.model.config import model_config
 from omniseq.model.transformer import Transformer
@@ -57,18 +59,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attention", default="auto", help="attention backend (auto, flash_varlen, flex, sdpa_masked)")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig keys (docs/model.md)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    cfg = model_config(
-        args.size,
-        args.vocab,
+    keys = dict(
         max_seq_len=max(args.seq_len, 16),
         attention="auto" if args.causal else args.attention,
         activation_checkpointing=args.activation_checkpointing,
     )
+    cfg = model_config(args.size, args.vocab, **{**keys, **model_keys(args.set)})
     torch.manual_seed(0)
     model = Transformer.build(cfg, device=device, dtype=dtype).train()
     step_model = torch.compile(model) if args.compile else model
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         "attention": _backend_name(model, batch),
         "dtype": str(dtype).removeprefix("torch."),
         "compile": args.compile,
+        "set": args.set,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "step_s": round(seconds, 4),
         "tokens_per_s": round(tokens / seconds, 1),
@@ -119,6 +122,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result))
     return result
+
+
+def model_keys(pairs: list[str]) -> dict:
+    """`key=value` strings -> {key: YAML value}."""
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--set {bad[0]!r}: expected key=value")
+    return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
 
 
 def _backend_name(model: Transformer, batch: dict) -> str:

@@ -45,6 +45,10 @@ class ModelConfig:
     # modality -> loss weight, 1 when absent (Emu3 trained with image 0.5)
     loss_weights: dict[str, float] = field(default_factory=dict)
     loss_chunk_tokens: int = 2048  # tokens per chunk of the output projection + CE (bounds fp32 logit memory)
+    # a micro-batch whose fp32 logits take at most this many MiB keeps them for backward instead of
+    # recomputing each chunk's (1.13-1.20x the tokens/s of the CPU recipe's 2.5M model: docs/benchmarks.md); 0 = always
+    # recompute. 256 keeps the CPU demo's (42 MiB) and real recipe's (38 MiB), recomputes the H200 recipe's (600)
+    loss_keep_logits_mib: float = 256.0
     # -- execution ----------------------------------------------------------------------------------------
     attention: str = "auto"  # auto | flash_varlen | flex | sdpa_masked | sdpa_causal (see attention.py)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
@@ -78,6 +82,7 @@ class ModelConfig:
             ("vocab_size", self.vocab_size >= 0, "a non-negative id count (set it from VocabLayout.size)"),
             ("max_seq_len", self.max_seq_len > 0, "positive"),
             ("loss_chunk_tokens", self.loss_chunk_tokens > 0, "positive"),
+            ("loss_keep_logits_mib", self.loss_keep_logits_mib >= 0, "non-negative"),
             ("z_loss", self.z_loss >= 0, "non-negative"),
             ("dropout", 0 <= self.dropout < 1, "a probability in [0, 1)"),
             (

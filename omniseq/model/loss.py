@@ -3,7 +3,9 @@
 The output projection and the loss run chunk by chunk over tokens, and each chunk is wrapped in activation
 checkpointing: backward keeps only the chunk's hidden states and recomputes its logits, so peak memory is
 one chunk of fp32 logits ([loss_chunk_tokens, V]) instead of [B*T, V] (at B*T = 32k and V = 128k, 16 GiB in
-fp32). The price is a second lm_head matmul per chunk in backward.
+fp32). The price is a second lm_head matmul per chunk in backward: where the logits are small (`logits_fit`),
+the caller turns recomputation off (`recompute=False`), which gave the 2.5M-parameter CPU model with a
+4,577-token vocabulary 1.13-1.20x the tokens/s (docs/benchmarks.md, "Kept logits").
 
 Per-token CE is computed as logsumexp(logits) - logits[target] in fp32: the same logsumexp feeds the
 optional z-loss (PaLM, Chowdhery et al. 2022; Chameleon kept logits from drifting with it), so the softmax
@@ -55,6 +57,11 @@ def modality_weights(loss_weights: dict[str, float] | None, device: torch.device
     return w
 
 
+def logits_fit(n_tokens: int, vocab: int, keep_mib: float) -> bool:
+    """Whether the fp32 logits of n_tokens over `vocab` take at most keep_mib MiB (kept for backward then)."""
+    return n_tokens * vocab * 4 <= keep_mib * 2**20
+
+
 def _chunk_ce(hidden: Tensor, weight: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """hidden [n, D], weight [V, D], labels [n] -> (CE [n], logsumexp [n]) in fp32 (junk where ignored)."""
     logits = (hidden @ weight.T).float()  # [n, V]: the only fp32 logits alive at once
@@ -71,17 +78,19 @@ def chunked_cross_entropy(
     chunk_tokens: int = 2048,
     loss_weights: dict[str, float] | None = None,
     z_loss: float = 0.0,
+    recompute: bool = True,
 ) -> LossOutput:
     """Loss of the projection `hidden @ weight.T` against `labels`.
 
     hidden [N, D] (any float dtype), weight [V, D], labels [N] (IGNORE_INDEX = -100 skipped), label_modality
     [N] (MODALITY_ID, -1 where ignored; None = all text). The mean is over label tokens, so a modality
     weight of 0.5 halves that modality's share of the gradient rather than being renormalised away.
+    recompute=False keeps every chunk's logits for backward instead of recomputing them (faster, more memory).
     """
     ce_parts, lse_parts = [], []
     for start in range(0, hidden.shape[0], chunk_tokens):
         h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        if recompute and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             ce, lse = checkpoint(_chunk_ce, h, weight, y, use_reentrant=False)
         else:
             ce, lse = _chunk_ce(h, weight, y)

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from omniseq.model.attention import AttentionMask, attention, cached_attention, prepare_mask
 from omniseq.model.config import ModelConfig
 from omniseq.model.kv_cache import KVCache
-from omniseq.model.loss import LossOutput, chunked_cross_entropy
+from omniseq.model.loss import LossOutput, chunked_cross_entropy, logits_fit
 
 
 class RMSNorm(nn.RMSNorm):
@@ -254,6 +254,7 @@ class Transformer(nn.Module):
             chunk_tokens=self.cfg.loss_chunk_tokens,
             loss_weights=self.cfg.loss_weights if loss_weights is None else loss_weights,
             z_loss=self.cfg.z_loss,
+            recompute=not logits_fit(labels.numel(), self.output_weight.shape[0], self.cfg.loss_keep_logits_mib),
         )
 
     def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:

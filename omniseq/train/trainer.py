@@ -111,7 +111,15 @@ def scratch_config(cfg: StageConfig, layout: VocabLayout) -> ModelConfig:
 
 
 # ModelConfig keys a stage may change on the weights it loads: the rest fix the modules' shapes and RoPE tables
-RUNTIME_KEYS = ("z_loss", "dropout", "loss_weights", "loss_chunk_tokens", "attention", "activation_checkpointing")
+RUNTIME_KEYS = (
+    "z_loss",
+    "dropout",
+    "loss_weights",
+    "loss_chunk_tokens",
+    "loss_keep_logits_mib",
+    "attention",
+    "activation_checkpointing",
+)
 
 
 def runtime_defaults() -> dict:

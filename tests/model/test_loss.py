@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omniseq.model.loss import chunked_cross_entropy
+from omniseq.model.loss import chunked_cross_entropy, logits_fit
 from omniseq.vocab import MODALITY_ID
 
 
@@ -29,6 +29,21 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy():
     g_ref = torch.autograd.grad(ref, (hidden, weight))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
+
+
+def test_kept_logits_give_the_recomputed_loss_and_gradients():
+    hidden, weight, labels, modality = data()
+    outs = [chunked_cross_entropy(hidden, weight, labels, modality, chunk_tokens=8, recompute=r) for r in (1, 0)]
+    torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=0, atol=0)
+    grads = [torch.autograd.grad(o.loss, (hidden, weight)) for o in outs]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_logits_fit_counts_fp32_bytes():
+    assert logits_fit(1024, 256, 1.0)  # 1024 x 256 x 4 bytes = 1 MiB exactly
+    assert not logits_fit(1025, 256, 1.0)
+    assert not logits_fit(1, 1, 0.0)  # 0 MiB: always recompute
 
 
 def test_bf16_hidden_states_give_an_fp32_loss_close_to_the_fp32_one():

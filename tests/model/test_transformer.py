@@ -86,6 +86,29 @@ def test_activation_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("keep_mib, projections", [(256.0, 1), (0.0, 2)])
+def test_small_logits_are_kept_for_backward_and_large_ones_recomputed(monkeypatch, keep_mib, projections):
+    """2 x 16 tokens x 50 ids of fp32 logits fit in 256 MiB: the lm_head runs once; at 0 MiB backward
+    recomputes it (the chunked loss' checkpoint), and the gradients are the same either way."""
+    import omniseq.model.loss as loss
+
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return chunk_ce(*args)
+
+    chunk_ce = loss._chunk_ce
+    monkeypatch.setattr(loss, "_chunk_ce", counted)
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
+    model = tiny(loss_keep_logits_mib=keep_mib).train()
+    model(ids, labels=ids).loss.backward()
+    assert len(calls) == projections
+    reference = tiny(loss_keep_logits_mib=1.0).train()
+    reference(ids, labels=ids).loss.backward()
+    torch.testing.assert_close(model.layers[0].attn.wq.weight.grad, reference.layers[0].attn.wq.weight.grad)
+
+
 def test_dropout_is_random_in_training_and_off_in_eval():
     ids = torch.randint(0, V, (2, 16))
     plain, dropped = tiny(), tiny(dropout=0.5)  # same seed: the same weights
