@@ -43,6 +43,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]
     return [*chain, (str(path), data)]
 
 
+def config_sources(path: str | Path) -> dict[str, dict]:
+    """Each file the YAML at `path` reads, itself and its `base` chain (bases first) -> the settings it holds."""
+    return dict(_read_yaml(Path(path)))
+
+
 def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build a `schema` dataclass from its defaults (or those of a `schema` instance), the YAML at `path`
     and `key=value` overrides."""

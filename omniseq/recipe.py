@@ -15,6 +15,7 @@ Without --config the recipe is the demo (configs/recipes/ holds the others; ever
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import socket
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from omniseq.config import ConfigError, load_config
+from omniseq.config import ConfigError, config_sources, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3", "sft", "samples", "eval")
@@ -39,7 +40,8 @@ WORK_DIRS = {  # what a redone step deletes first, so that it starts over instea
 }
 # The first step each recipe key changes: a step done before records the keys of its own and earlier steps, and
 # a rerun whose keys differ there is refused (it would reuse stale results). `out` and `data` say where things
-# are, not what they are, so a run can move (scripts/real_gpu_stages.sh) or read the same sets elsewhere.
+# are, not what they are, so a run can move (scripts/real_gpu_stages.sh) or read the same sets elsewhere. The
+# config files the keys name are recorded too, by their settings (`step_files`): an edited shard YAML is refused.
 FIRST_STEP = {
     "world": "corpus", "scale": "corpus", "seed": "corpus", "corpus_overrides": "corpus",
     "text_vocab": "tokenizers", "image_tokenizer": "tokenizers", "audio_tokenizer": "tokenizers",
@@ -126,6 +128,12 @@ def run(cmd: list[str]) -> None:
     print("  $", " ".join(cmd), flush=True)
     if subprocess.call(cmd, cwd=REPO) != 0:
         raise SystemExit(f"recipe step failed: {' '.join(cmd)}")
+
+
+def stage_overrides(cfg: RecipeConfig, step: str) -> list[str]:
+    """The key=value list a stage of this recipe trains with (before its time budget)."""
+    root = Path(cfg.out).resolve()
+    return [f"root={root}", f"seed={cfg.seed}", *cfg.stage_overrides, *cfg.per_stage.get(step, [])]
 
 
 class Recipe:
@@ -259,8 +267,7 @@ class Recipe:
         return f"loss {result['train/loss']:.3f}{held}{fitted}"
 
     def _stage_overrides(self, step: str) -> list[str]:
-        c = self.cfg
-        return [f"root={self.out}", f"seed={c.seed}", *c.stage_overrides, *c.per_stage.get(step, [])]
+        return stage_overrides(self.cfg, step)
 
     def stage_minutes(self, step: str) -> float:
         """The stage's share of train_minutes: its planned tokens over those of the stages this run trains (all
@@ -357,13 +364,47 @@ class Recipe:
         return self.stage(name) if name in STAGES else getattr(self, name)()
 
 
+def step_files(cfg: RecipeConfig, name: str) -> dict[str, str]:
+    """The config files step `name` reads besides the recipe (the tokenizers' and shard sets' YAMLs, a stage's
+    YAML and DeepSpeed JSON, each YAML with its `base` chain) -> a digest of their settings: an edit to a
+    comment or the layout leaves it, one to a value changes it."""
+    if name == "tokenizers":
+        yamls = [cfg.image_tokenizer, cfg.audio_tokenizer]
+    elif name == "shards":
+        yamls = [cfg.shard_configs.format(name=s) for s in SHARD_SETS]
+    elif name in STAGES:
+        yamls = [f"configs/stages/{STAGES[name]}.yaml"]
+    else:
+        return {}
+    settings: dict[str, object] = {}
+    for path in yamls:
+        settings.update(config_sources(REPO / path))
+    if name in STAGES:
+        from omniseq.train.config import StageConfig
+
+        ds = REPO / load_config(StageConfig, REPO / yamls[0], stage_overrides(cfg, name)).deepspeed
+        settings[str(ds.resolve())] = json.loads(ds.read_text()) if ds.is_file() else "missing"
+
+    def shown(path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+
+    return {
+        shown(path): hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+        for path, value in settings.items()
+    }
+
+
 def step_inputs(cfg: RecipeConfig, name: str) -> dict:
-    """The recipe keys that step `name` and the steps before it depend on, with their values."""
+    """The recipe keys that step `name` and the steps before it depend on, with their values, and under
+    `files` the digests of the config files those steps read (step_files)."""
     upto = STEPS.index(name)
     values = asdict(cfg)
     # per_stage by stage: changing sft's entry leaves the stages before it valid
     values["per_stage"] = {s: v for s, v in values["per_stage"].items() if s in STEPS and STEPS.index(s) <= upto}
-    return {k: values[k] for k, first in FIRST_STEP.items() if STEPS.index(first) <= upto}
+    inputs = {k: values[k] for k, first in FIRST_STEP.items() if STEPS.index(first) <= upto}
+    inputs["files"] = {f: d for s in STEPS[: upto + 1] for f, d in step_files(cfg, s).items()}
+    return inputs
 
 
 def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = False) -> None:
@@ -373,13 +414,18 @@ def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = Fal
     if not record.is_file():
         return
     then, now = json.loads(record.read_text()), json.loads(json.dumps(step_inputs(cfg, name)))
-    changed = sorted(k for k in now if k in then and then[k] != now[k])
-    if changed:
+    changed = sorted(k for k in now if k in then and then[k] != now[k] and k != "files")
+    files_then, files_now = then.get("files", now["files"]), now["files"]  # older records kept no files
+    edited = sorted(f for f in {*files_then, *files_now} if files_then.get(f) != files_now.get(f))
+    if changed or edited:
         firsts = [FIRST_STEP[k] for k in changed if k != "per_stage"]
         if "per_stage" in changed:
             firsts += [s for s in STAGES if then["per_stage"].get(s) != now["per_stage"].get(s)]
+        readers = {f: s for s in reversed(STEPS[: STEPS.index(name) + 1]) for f in step_files(cfg, s)}
+        firsts += [readers.get(f, name) for f in edited]  # a file no longer read: a key above changed
         first = min(firsts, key=STEPS.index)
-        diff = "; ".join(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed)
+        diff = "; ".join([*(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed),
+                          *(f"{f}: its settings changed" for f in edited)])  # fmt: skip
         if keep:
             print(f"  {name}: kept (--keep-done), though done with other settings ({diff})", flush=True)
             return

@@ -71,6 +71,37 @@ def test_a_stages_own_overrides_leave_the_stages_before_it_valid(tmp_path):
         check_step_inputs(now, tmp_path, "sft")
 
 
+def test_an_edited_config_file_is_refused_from_the_first_step_that_reads_it(tmp_path):
+    """The tokenizer, shard and stage YAMLs a recipe names are recorded by their settings: a changed value
+    refuses the done steps from the first one that reads the file, a changed comment does not."""
+    from omniseq.config import ConfigError, load_config
+    from omniseq.recipe import SHARD_SETS, RecipeConfig, check_step_inputs, step_inputs
+
+    for name in SHARD_SETS:  # the demo's shard configs, each on its own base in the checkout
+        (tmp_path / f"{name}.yaml").write_text(f"base: {REPO / 'configs' / 'data' / f'demo_{name}.yaml'}\n")
+    image = tmp_path / "image.yaml"
+    image.write_text(f"base: {REPO / 'configs' / 'tokenizers' / 'image_demo.yaml'}\nsteps: 10\n")
+    cfg = load_config(RecipeConfig, None, [f"shard_configs={tmp_path}/{{name}}.yaml", f"image_tokenizer={image}"])
+    done = tmp_path / "done"
+    done.mkdir()
+    for step in ("tokenizers", "vocab", "stage1"):
+        (done / f"{step}.inputs.json").write_text(json.dumps(step_inputs(cfg, step)))
+
+    image.write_text("# a comment changes no setting\n" + image.read_text())
+    check_step_inputs(cfg, done, "stage1")
+    (tmp_path / "sft.yaml").write_text((tmp_path / "sft.yaml").read_text() + "samples_per_shard: 200\n")
+    check_step_inputs(cfg, done, "vocab")  # the shard sets come after it
+    with pytest.raises(ConfigError, match=r"sft.yaml: its settings changed.*--redo shards"):
+        check_step_inputs(cfg, done, "stage1")
+    image.write_text(image.read_text().replace("steps: 10", "steps: 11"))
+    with pytest.raises(ConfigError, match=r"image.yaml: its settings changed.*--redo tokenizers"):
+        check_step_inputs(cfg, done, "tokenizers")
+    record = json.loads((done / "tokenizers.inputs.json").read_text())
+    del record["files"]  # a record made before the files were kept: its keys are still checked, no files
+    (done / "tokenizers.inputs.json").write_text(json.dumps(record))
+    check_step_inputs(cfg, done, "tokenizers")
+
+
 def test_every_recipe_key_names_the_first_step_it_changes():
     from dataclasses import fields
 
