@@ -3,17 +3,19 @@
 Guidance needs a model that also knows the unconditional distribution (Emu3 drops 5% of conditions,
 Show-o 10%, Liquid uses an `<unconditional>` token). The condition is what comes before the target:
 
-    conversation  <bos> <|user|> CONDITION <|end|> <|assistant|> target ... -> the first user turn's content
+    conversation  <bos> [<|system|> ... <|end|>] ... <|user|> CONDITION <|end|> <|assistant|> target
+                  -> the last user turn's content (the request the last answer answers; system turns and
+                  earlier turns stay: in single-turn data, the only user turn)
     plain         <bos> CONDITION target <eos>  -> everything before the last segment, which is the target:
         text -> x   <bos> a red square\n [image] <eos>          -> <bos> <|uncond|> [image] <eos>
         x -> text   <bos> Describe the image: [image] \na cat <eos> -> <bos> <|uncond|> \na cat <eos>
 
 and is replaced by a single `<|uncond|>`, which carries no loss. The sampler builds its unconditional
-rows the same way (omniseq.sample.guidance.uncond_prompt: the whole prompt before what is generated,
-template words and media alike, becomes one `<|uncond|>`), so training and guidance see the same
-context; a captioning template's words after the media (`\n` above) stay, being part of the caption's
-text segment. The decision is a pure function of (seed, source, position), so a resumed stream drops
-exactly the same documents.
+rows the same way (omniseq.sample.guidance.uncond_prompt: a conversation's last user turn, or a plain
+prompt's whole content before what is generated, template words and media alike, becomes one
+`<|uncond|>`), so training and guidance see the same context; a captioning template's words after the
+media (`\n` above) stay, being part of the caption's text segment. The decision is a pure function of
+(seed, source, position), so a resumed stream drops exactly the same documents.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ class CondDropout:
 def condition_span(doc: Doc, ids: CondDropout) -> tuple[int, int] | None:
     """[start, end) of the condition, or None when the document has no separable condition."""
     toks = doc.ids
-    if (toks == ids.end).any():  # a conversation (plain documents hold no <|end|>): the first user turn
+    if (toks == ids.end).any():  # a conversation (plain documents hold no <|end|>): the last user turn
         users = np.flatnonzero(toks == ids.user)
         if not users.size:
             return None
-        u = int(users[0]) + 1
+        u = int(users[-1]) + 1
         ends = np.flatnonzero(toks[u:] == ids.end)
         return (u, u + int(ends[0])) if ends.size and ends[0] > 0 else None
     start = 1 if len(toks) and toks[0] == ids.bos else 0

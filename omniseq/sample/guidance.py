@@ -33,17 +33,28 @@ def split_guided(logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def uncond_prompt(layout: VocabLayout, prompt) -> np.ndarray:
-    """The unconditional twin of a prompt: every maximal run of content (text ids and whole media spans)
-    becomes one `<|uncond|>`; <bos>, chat roles and <|end|> stay, and so does an unfinished media span
-    at the end of the prompt (the start of what is being generated, not the condition).
+    """The unconditional twin of a prompt, the shape training's condition dropout gives (docs/sampling.md).
+
+    A conversation (the prompt holds `<|user|>`): the content of its last user turn, the request being
+    answered, becomes one `<|uncond|>`; system turns and earlier turns stay, as they do in training:
+
+        <bos><|system|> be brief <|end|><|user|> draw a cat <|end|><|assistant|>
+            ->  <bos><|system|> be brief <|end|><|user|><|uncond|><|end|><|assistant|>
+
+    A plain prompt: every maximal run of content (text ids and whole media spans) becomes one `<|uncond|>`;
+    <bos> stays, and so does an unfinished media span at the end of the prompt (the start of what is being
+    generated, not the condition):
 
         <bos> a red square <|image|>                ->  <bos> <|uncond|> <|image|>
-        <bos><|user|> draw a cat <|end|><|assistant|> ->  <bos><|user|><|uncond|><|end|><|assistant|>
-
-    The trainer's condition dropout must produce the same shape (docs/sampling.md).
     """
     ids = np.asarray(prompt, dtype=np.int64)
     uncond = layout.id("<|uncond|>")
+    users = np.flatnonzero(ids == layout.id("<|user|>")) if "<|user|>" in layout.special_ids else []
+    if len(users):
+        start = int(users[-1]) + 1
+        ends = np.flatnonzero(ids[start:] == layout.id("<|end|>"))
+        end = start + int(ends[0]) if len(ends) else len(ids)
+        return np.concatenate([ids[:start], [uncond] if end > start else [], ids[end:]]).astype(np.int64)
     keep = {layout.id(n) for n in ("<bos>", "<|end|>", *(f"<|{r}|>" for r in ROLES)) if n in layout.special_ids}
     opens = {layout.id(OPEN[m]): layout.id(CLOSE[m]) for m in MEDIA if m in layout.codebooks}
     out: list[int] = []
