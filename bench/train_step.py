@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attention", default="auto", help="attention backend (auto, flash_varlen, flex, sdpa_masked)")
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig keys (docs/model.md)")
+    p.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="ModelConfig keys (docs/model.md)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
@@ -126,9 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def model_keys(pairs: list[str]) -> dict:
     """`key=value` strings -> {key: YAML value}."""
-    bad = [p for p in pairs if "=" not in p]
+    bad = [p for p in pairs if not p.partition("=")[2].strip()]
     if bad:
-        raise SystemExit(f"--set {bad[0]!r}: expected key=value")
+        raise SystemExit(f"--set {bad[0]!r}: expected key=value with a value")
     return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
 
 

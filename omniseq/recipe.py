@@ -378,7 +378,10 @@ def step_files(cfg: RecipeConfig, name: str) -> dict[str, str]:
         return {}
     settings: dict[str, object] = {}
     for path in yamls:
-        settings.update(config_sources(REPO / path))
+        try:
+            settings.update(config_sources(REPO / path))
+        except ConfigError:  # gone since (or unreadable): recorded so, refused or kept like any other change
+            settings[str((REPO / path).resolve())] = "missing"
     if name in STAGES:
         from omniseq.train.config import StageConfig
 
@@ -473,9 +476,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
+        inputs = step_inputs(cfg, name)  # before the step: a file edited while it runs is not what it read
         summary = recipe.step(name)
         timings.append((name, time.perf_counter() - t0, summary))
-        (done / f"{name}.inputs.json").write_text(json.dumps(step_inputs(cfg, name), indent=1, sort_keys=True) + "\n")
+        (done / f"{name}.inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
         (done / name).write_text(summary + "\n")
     print(f"\n== {cfg.world} recipe finished in {time.perf_counter() - t_all:.0f} s ({cfg.out})")
     for name, secs, summary in timings:

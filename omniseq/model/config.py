@@ -47,7 +47,8 @@ class ModelConfig:
     loss_chunk_tokens: int = 2048  # tokens per chunk of the output projection + CE (bounds fp32 logit memory)
     # a micro-batch whose fp32 logits take at most this many MiB keeps them for backward instead of
     # recomputing each chunk's (1.13-1.20x the tokens/s of the CPU recipe's 2.5M model: docs/benchmarks.md); 0 = always
-    # recompute. 256 keeps the CPU demo's (42 MiB) and real recipe's (38 MiB), recomputes the H200 recipe's (600)
+    # recompute. 256 keeps the CPU demo's (40 MiB), the CPU real recipe's (36) and demo_h200's (161); it recomputes
+    # real_small's (32 x 1,024 tokens: over 570 MiB)
     loss_keep_logits_mib: float = 256.0
     # -- execution ----------------------------------------------------------------------------------------
     attention: str = "auto"  # auto | flash_varlen | flex | sdpa_masked | sdpa_causal (see attention.py)

@@ -254,7 +254,7 @@ class Transformer(nn.Module):
             chunk_tokens=self.cfg.loss_chunk_tokens,
             loss_weights=self.cfg.loss_weights if loss_weights is None else loss_weights,
             z_loss=self.cfg.z_loss,
-            recompute=not logits_fit(labels.numel(), self.output_weight.shape[0], self.cfg.loss_keep_logits_mib),
+            recompute=not logits_fit(labels.numel(), self.cfg.vocab_size, self.cfg.loss_keep_logits_mib),
         )
 
     def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:

@@ -35,8 +35,8 @@ def split_guided(logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def uncond_prompt(layout: VocabLayout, prompt) -> np.ndarray:
     """The unconditional twin of a prompt, the shape training's condition dropout gives (docs/sampling.md).
 
-    A conversation (the prompt holds `<|user|>`): the content of its last user turn, the request being
-    answered, becomes one `<|uncond|>`; system turns and earlier turns stay, as they do in training:
+    A conversation (the prompt holds a finished `<|user|>` turn): the content of its last user turn, the
+    request being answered, becomes one `<|uncond|>`; system turns and earlier turns stay, as they do in training:
 
         <bos><|system|> be brief <|end|><|user|> draw a cat <|end|><|assistant|>
             ->  <bos><|system|> be brief <|end|><|user|><|uncond|><|end|><|assistant|>
@@ -50,10 +50,9 @@ def uncond_prompt(layout: VocabLayout, prompt) -> np.ndarray:
     ids = np.asarray(prompt, dtype=np.int64)
     uncond = layout.id("<|uncond|>")
     users = np.flatnonzero(ids == layout.id("<|user|>")) if "<|user|>" in layout.special_ids else []
-    if len(users):
-        start = int(users[-1]) + 1
-        ends = np.flatnonzero(ids[start:] == layout.id("<|end|>"))
-        end = start + int(ends[0]) if len(ends) else len(ids)
+    ends = np.flatnonzero(ids[int(users[-1]) :] == layout.id("<|end|>")) if len(users) else []
+    if len(ends):  # an unfinished last user turn is not a request yet: the plain rule below
+        start, end = int(users[-1]) + 1, int(users[-1]) + int(ends[0])
         return np.concatenate([ids[:start], [uncond] if end > start else [], ids[end:]]).astype(np.int64)
     keep = {layout.id(n) for n in ("<bos>", "<|end|>", *(f"<|{r}|>" for r in ROLES)) if n in layout.special_ids}
     opens = {layout.id(OPEN[m]): layout.id(CLOSE[m]) for m in MEDIA if m in layout.codebooks}

@@ -130,3 +130,8 @@ def test_uncond_prompt_replaces_the_condition(tiny_layout, text_tokenizer):
     picture = L.media_ids("image", np.zeros((2, 3), dtype=np.int64)).tolist()
     partial = [img, L.code_range("image")[0]]
     assert uncond_prompt(L, [bos, *words, *picture, *words, *partial]).tolist() == [bos, un, *partial]
+    # words the assistant already said (a chained answer) stay: only the request is the condition
+    said = text_tokenizer.encode("seven.")
+    assert uncond_prompt(L, [*chat, *said, img]).tolist() == [bos, L.id("<|user|>"), un, *chat[-2:], *said, img]
+    # a user turn not yet finished is no request: the plain rule, which keeps an unfinished span
+    assert uncond_prompt(L, [bos, L.id("<|user|>"), *words, *partial]).tolist() == [bos, L.id("<|user|>"), un, *partial]
