@@ -64,7 +64,7 @@ def logits_fit(n_tokens: int, vocab: int, keep_mib: float) -> bool:
 
 def _chunk_ce(hidden: Tensor, weight: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """hidden [n, D], weight [V, D], labels [n] -> (CE [n], logsumexp [n]) in fp32 (junk where ignored)."""
-    logits = (hidden @ weight.T).float()  # [n, V]: the only fp32 logits alive at once
+    logits = (hidden @ weight.T).float()  # [n, V]: the only fp32 logits alive at once, unless recompute=False
     lse = torch.logsumexp(logits, dim=-1)
     target = logits.gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1)
     return lse - target, lse
