@@ -91,7 +91,8 @@ def check_inputs(cfg: StageConfig) -> VocabLayout:
         scratch_config(cfg, layout)
     elif not cfg.init_from.startswith("hf:"):
         export_config(load_model_config(cfg.init_from), cfg)
-    deepspeed_config(cfg, "fp32", int(os.environ.get("WORLD_SIZE", "1")))  # its contradictions with the stage
+    precision = None if cfg.precision == "auto" else cfg.precision
+    deepspeed_config(cfg, precision, int(os.environ.get("WORLD_SIZE", "1")))  # its contradictions with the stage
     return layout
 
 
@@ -159,11 +160,29 @@ def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
     return model
 
 
-def deepspeed_config(cfg: StageConfig, precision: str, world: int) -> dict:
-    """The JSON with its "auto" values filled from the stage config. A number there that contradicts the
+def deepspeed_config(cfg: StageConfig, precision: str | None, world: int) -> dict:
+    """The JSON with its "auto" values filled from the stage config. A value there that contradicts the
     stage is an error: DeepSpeed would train with it while the stage config, the logs and the time budget's
-    token counts say otherwise."""
+    token counts say otherwise. So are the JSON's optimizer and scheduler blocks (DeepSpeed drops them
+    without a word for the trainer's own) and an enabled fp16 block (a precision the stage does not know).
+    `precision` is the resolved bf16 | fp32, or None before the device is known (`precision=auto`):
+    bf16.enabled is then checked by the trainer's call."""
     ds = json.loads(Path(cfg.deepspeed).read_text())
+    owned = {  # JSON block -> the stage keys that set it instead
+        "optimizer": "optim.* (torch AdamW, passed to deepspeed.initialize)",
+        "scheduler": "optim.* (warmup and cosine decay: omniseq/train/schedule.py)",
+        "fp16": "precision (bf16 | fp32 | auto; fp16 is not supported)",
+    }
+    for k, stage_key in owned.items():
+        harmless = k == "fp16" and isinstance(ds.get(k), dict) and ds[k].get("enabled") is False
+        if k in ds and not harmless:
+            raise ConfigError(f"{cfg.deepspeed}: block {k!r} is the stage's to set, by {stage_key}; remove it")
+    given = ds.get("bf16", {}).get("enabled", "auto")
+    if given != "auto" and precision is not None and given != (precision == "bf16"):
+        raise ConfigError(
+            f"{cfg.deepspeed}: key 'bf16.enabled' = {given!r} contradicts the stage's precision = {cfg.precision!r} "
+            f'(resolved to {precision} here); set it to "auto" (filled from the stage config) or change precision'
+        )
     batch, accum = cfg.data.batch_size, cfg.grad_accum
     fill = {  # JSON key -> (stage key, value)
         "train_micro_batch_size_per_gpu": ("data.batch_size", batch),
@@ -183,7 +202,6 @@ def deepspeed_config(cfg: StageConfig, precision: str, world: int) -> dict:
     ds.setdefault("bf16", {})["enabled"] = precision == "bf16"
     if cfg.zero_stage >= 0:
         ds.setdefault("zero_optimization", {})["stage"] = cfg.zero_stage
-    ds.pop("scheduler", None)  # the stage's optim keys set the schedule (WarmupCosine, passed to DeepSpeed)
     return ds
 
 

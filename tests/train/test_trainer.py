@@ -17,7 +17,7 @@ from omniseq.model.config import model_config
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.config import StageConfig
-from omniseq.train.trainer import RUNTIME_KEYS, build_model, check_inputs
+from omniseq.train.trainer import RUNTIME_KEYS, build_model, check_inputs, deepspeed_config
 from omniseq.vocab import VocabMismatchError
 
 from .conftest import REPO, stage_yaml
@@ -101,6 +101,38 @@ def test_a_deepspeed_json_contradicting_the_stage_is_refused(train_world, tmp_pa
     agreeing = {"gradient_accumulation_steps": 1, "train_micro_batch_size_per_gpu": 2, "train_batch_size": 2}
     (tmp_path / "ds.json").write_text(json.dumps({**ds, **agreeing, "gradient_clipping": 1.0}))
     check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}"))  # numbers that agree are fine
+
+
+@pytest.mark.parametrize(
+    "block, stage_key",
+    [
+        ({"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}, "optim.*"),
+        ({"scheduler": {"type": "WarmupLR"}}, "optim.*"),
+        ({"fp16": {"enabled": True}}, "precision"),
+    ],
+)
+def test_a_deepspeed_json_block_the_stage_replaces_is_refused(train_world, tmp_path, block, stage_key):
+    ds = json.loads((REPO / "configs/deepspeed/zero2.json").read_text())
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, **block}))
+    with pytest.raises(ConfigError) as e:
+        check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}"))
+    name = next(iter(block))
+    assert str(e.value).startswith(f"{tmp_path / 'ds.json'}: block {name!r} is the stage's to set, by {stage_key}")
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, "fp16": {"enabled": False}}))
+    check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}"))  # fp16 switched off is fine
+
+
+def test_a_deepspeed_json_bf16_switch_contradicting_the_precision_is_refused(train_world, tmp_path):
+    ds = json.loads((REPO / "configs/deepspeed/zero2.json").read_text())
+    (tmp_path / "ds.json").write_text(json.dumps({**ds, "bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match=r"key 'bf16.enabled' = True contradicts the stage's precision = 'fp32'"):
+        check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}", "precision=fp32"))
+    check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}", "precision=bf16"))  # agrees
+    # with precision=auto the device decides: the trainer checks the switch once it knows it
+    check_inputs(load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}", "precision=auto"))
+    cfg = load(train_world, tmp_path, f"deepspeed={tmp_path / 'ds.json'}", "precision=auto")
+    with pytest.raises(ConfigError, match=r"resolved to fp32 here"):
+        deepspeed_config(cfg, "fp32", 1)
 
 
 def first_batch(cfg: StageConfig) -> torch.Tensor:
