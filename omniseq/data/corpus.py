@@ -1,4 +1,5 @@
-"""Corpus readers: JSONL documents that point at media files -> lists of `Segment`s.
+"""Corpus readers: JSONL documents that point at media files -> lists of `Segment`s (and the one writer the
+corpus builders, omniseq.data.demo_corpus and omniseq.data.real_corpus, share).
 
 One JSON object per line; media paths are relative to the JSONL file's folder (docs/data.md has
 examples of every format):
@@ -211,3 +212,13 @@ def read_corpus(cfg: CorpusConfig, pair: PairConfig | None = None, seed: int = 0
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 yield from parse_record(line, cfg, pair or PairConfig(), lineno, seed)
+
+
+def write_corpus_file(out: Path, name: str, split: str, fmt: str, rows: list[dict]) -> dict:
+    """Writes `rows` as out/<name>.<split>.jsonl, one sorted-key JSON object a line; returns its entry of the
+    builder's index.json."""
+    path = out / f"{name}.{split}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    return {"name": f"{name}.{split}", "path": path.name, "format": fmt, "split": split, "lines": len(rows)}

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from omniseq.cli import run
 from omniseq.config import ConfigError, load_config
 from omniseq.data import demo_media as dm
+from omniseq.data.corpus import write_corpus_file
 
 KINDS = ("image", "melody", "sound", "speech", "video")
 MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
@@ -178,12 +179,6 @@ def document_of(line: dict) -> list[dict]:
     return [*media, {"text": line["text"]}]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-
-
 def generate(cfg: DemoConfig, out: str | Path) -> dict:
     """Write the demo corpus under `out`; returns the index (also written as out/index.json)."""
     out = Path(out)
@@ -218,7 +213,7 @@ def generate(cfg: DemoConfig, out: str | Path) -> dict:
         sft: list[dict] = []
         for kind, items in by_kind.items():
             rows = [{MODALITY[kind]: it.path, "text": it.text, "meta": it.meta} for it in items]
-            corpora.append(_write(out, kind, split, "pair", rows))
+            corpora.append(write_corpus_file(out, kind, split, "pair", rows))
             for it in items:
                 sft += conversations(it, rng)
         everything = [it for items in by_kind.values() for it in items]
@@ -226,12 +221,12 @@ def generate(cfg: DemoConfig, out: str | Path) -> dict:
             counts["interleaved"] if split == "train" else max(1, math.ceil(counts["interleaved"] * cfg.eval_fraction))
         )
         docs = [interleaved(everything, rng) for _ in range(n_docs)] if len(everything) >= 2 else []
-        corpora.append(_write(out, "interleaved", split, "interleaved", docs))
-        corpora.append(_write(out, "sft", split, "conversation", sft))
+        corpora.append(write_corpus_file(out, "interleaved", split, "interleaved", docs))
+        corpora.append(write_corpus_file(out, "sft", split, "conversation", sft))
         if split == "train":
             texts = [it.text for it in everything] + [c["meta"]["prompt"] for c in sft]
             texts += [s["text"] for d in docs for s in d["segments"] if "text" in s]
-            corpora.append(_write(out, "text", split, "text", [{"text": t} for t in texts]))
+            corpora.append(write_corpus_file(out, "text", split, "text", [{"text": t} for t in texts]))
     (out / "text.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     index = {
         "config": asdict(cfg),
@@ -246,12 +241,6 @@ def generate(cfg: DemoConfig, out: str | Path) -> dict:
     }  # fmt: skip
     (out / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index
-
-
-def _write(out: Path, name: str, split: str, fmt: str, rows: list[dict]) -> dict:
-    path = out / f"{name}.{split}.jsonl"
-    write_jsonl(path, rows)
-    return {"name": f"{name}.{split}", "path": path.name, "format": fmt, "split": split, "lines": len(rows)}
 
 
 def main(argv: list[str] | None = None) -> None:

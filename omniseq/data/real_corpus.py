@@ -33,7 +33,7 @@ from tqdm import tqdm
 from omniseq.cli import run
 from omniseq.config import ConfigError, load_config
 from omniseq.data import real_sets as rs
-from omniseq.data.demo_corpus import write_jsonl
+from omniseq.data.corpus import write_corpus_file
 from omniseq.data.demo_media import SAMPLE_RATE, save_npz, save_png, save_wav
 
 SETS = {  # real_sets reader -> corpus kind
@@ -324,14 +324,14 @@ def generate(cfg: RealCorpusConfig) -> dict:
         by_kind = {k: [it for it in its if it.meta["split"] == split] for k, its in items.items()}
         for kind, its in by_kind.items():
             rows = [{MODALITY[kind]: it.path, "text": it.text, "meta": it.meta} for it in its]
-            corpora.append(_write(out, kind, split, "pair", rows))
+            corpora.append(write_corpus_file(out, kind, split, "pair", rows))
         sft, docs = split_corpora(by_kind, split, names, cfg, skipped)
-        corpora.append(_write(out, "interleaved", split, "interleaved", docs))
-        corpora.append(_write(out, "sft", split, "conversation", sft))
+        corpora.append(write_corpus_file(out, "interleaved", split, "interleaved", docs))
+        corpora.append(write_corpus_file(out, "sft", split, "conversation", sft))
         if split == "train":
             texts = [it.text for its in by_kind.values() for it in its] + [c["meta"]["prompt"] for c in sft]
             texts += [s["text"] for d in docs for s in d["segments"] if "text" in s] + shakespeare(cfg)
-            corpora.append(_write(out, "text", split, "text", [{"text": t} for t in texts]))
+            corpora.append(write_corpus_file(out, "text", split, "text", [{"text": t} for t in texts]))
     (out / "text.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     index = {
         "data": str(Path(cfg.data).resolve()),
@@ -344,12 +344,6 @@ def generate(cfg: RealCorpusConfig) -> dict:
     }
     (out / "index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index
-
-
-def _write(out: Path, name: str, split: str, fmt: str, rows: list[dict]) -> dict:
-    path = out / f"{name}.{split}.jsonl"
-    write_jsonl(path, rows)
-    return {"name": f"{name}.{split}", "path": path.name, "format": fmt, "split": split, "lines": len(rows)}
 
 
 def main(argv: list[str] | None = None) -> None:
