@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from omniseq.config import ConfigError
 from omniseq.tokenizers.audio_io import AudioIOConfig, load_audio
 from omniseq.tokenizers.base import MediaTokenizer, freeze_untrained_codebooks, register_tokenizer
 from omniseq.vocab import FLATTENINGS, CodebookSpec
+
+if TYPE_CHECKING:  # audio_spec imports this module
+    from omniseq.tokenizers.audio_spec import SpecCodecConfig
 
 
 @dataclass
@@ -128,6 +131,22 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+def residual_vq(cfg: RVQCodecConfig | SpecCodecConfig) -> ResidualVQ:
+    """Both codecs' quantizer, from the RVQ keys their configs share: vector-quantize-pytorch's ResidualVQ
+    with k-means init, EMA updates, dead-code restarts and quantizer dropout (SoundStream 3.3)."""
+    return ResidualVQ(
+        dim=cfg.latent_dim,
+        num_quantizers=cfg.num_quantizers,
+        codebook_size=cfg.codebook_size,
+        kmeans_init=True,
+        kmeans_iters=cfg.kmeans_iters,
+        decay=cfg.ema_decay,
+        threshold_ema_dead_code=cfg.dead_code_threshold,
+        commitment_weight=cfg.commitment_weight,
+        quantize_dropout=cfg.quantize_dropout,
+    )
+
+
 class RVQCodec(nn.Module):
     """Waveform [B, 1, T] (T a multiple of the hop) <-> codes [B, F, L]."""
 
@@ -135,17 +154,7 @@ class RVQCodec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
-        self.rvq = ResidualVQ(
-            dim=cfg.latent_dim,
-            num_quantizers=cfg.num_quantizers,
-            codebook_size=cfg.codebook_size,
-            kmeans_init=True,
-            kmeans_iters=cfg.kmeans_iters,
-            decay=cfg.ema_decay,
-            threshold_ema_dead_code=cfg.dead_code_threshold,
-            commitment_weight=cfg.commitment_weight,
-            quantize_dropout=cfg.quantize_dropout,
-        )
+        self.rvq = residual_vq(cfg)
         self.init_weights()
 
     def init_weights(self) -> None:

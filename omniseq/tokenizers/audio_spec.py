@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange, reduce
 from torch import nn
-from vector_quantize_pytorch import ResidualVQ
 
 from omniseq.config import ConfigError
-from omniseq.tokenizers.audio import RVQAudioTokenizer, mel_filterbank
+from omniseq.tokenizers.audio import RVQAudioTokenizer, mel_filterbank, residual_vq
 from omniseq.tokenizers.audio_io import AudioIOConfig
 from omniseq.tokenizers.base import register_tokenizer
 from omniseq.vocab import FLATTENINGS
@@ -170,17 +169,7 @@ class SpecCodec(nn.Module):
         enc = cfg.res_dilations if cfg.encoder_dilations is None else cfg.encoder_dilations
         self.encoder = conv_stack(cfg, stacked, cfg.latent_dim, enc)
         self.decoder = conv_stack(cfg, cfg.latent_dim, stacked, cfg.res_dilations)
-        self.rvq = ResidualVQ(
-            dim=cfg.latent_dim,
-            num_quantizers=cfg.num_quantizers,
-            codebook_size=cfg.codebook_size,
-            kmeans_init=True,
-            kmeans_iters=cfg.kmeans_iters,
-            decay=cfg.ema_decay,
-            threshold_ema_dead_code=cfg.dead_code_threshold,
-            commitment_weight=cfg.commitment_weight,
-            quantize_dropout=cfg.quantize_dropout,
-        )
+        self.rvq = residual_vq(cfg)
         fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)  # [M, K]
         self.register_buffer("mel_fb", fb, persistent=False)
         self.register_buffer("mel_inverse", torch.linalg.pinv(fb), persistent=False)  # [K, M]
