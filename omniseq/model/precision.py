@@ -12,6 +12,7 @@ import torch
 from omniseq.config import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def pick_device(choice: str, key: str = "device") -> torch.device:
@@ -31,8 +32,11 @@ def cpu_has_native_bf16() -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def use_bf16(choice: str, device: torch.device) -> bool:
-    """`choice` is bf16 | fp32 | auto; auto = bf16 on a GPU and on a CPU with native bf16."""
+def use_bf16(choice: str, device: torch.device, key: str = "dtype") -> bool:
+    """`choice` is bf16 | fp32 | auto; auto = bf16 on a GPU and on a CPU with native bf16. Anything else is a
+    ConfigError naming `key` (float16 would otherwise run in fp32 without a word)."""
+    if choice not in PRECISIONS:
+        raise ConfigError(f"{key}: expected one of {list(PRECISIONS)}, got {choice!r}")
     if choice != "auto":
         return choice == "bf16"
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from omniseq.document import DocumentCodec, Segment
+from omniseq.document import DocumentCodec, Segment, normalize
 from omniseq.sample.constraints import ConstraintConfig, ConstraintError, SpanConstraints
 from omniseq.sample.guidance import split_guided, uncond_prompt
 from omniseq.sample.sampling import Sampler, SamplingConfig
@@ -82,6 +82,7 @@ def prompt_ids(codec: DocumentCodec, segments: list[Segment], open_span: str | N
     (segments with roles) continues in the assistant's turn: its last assistant turn stays open, or
     `<|assistant|>` opens a new one. `open_span` appends that modality's opening sentinel, so the answer
     starts inside a span (an alternative to forcing the modality)."""
+    segments = normalize(segments)  # as encode sees them: an empty assistant segment does not open a turn
     ids = codec.encode(segments).ids.astype(np.int64)[:-1]  # drop <eos>
     L = codec.layout
     if any(s.role is not None for s in segments):
@@ -115,6 +116,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     uncond_prompts: Sequence[Sequence[int]] | None = None,
     device: torch.device | str = "cpu",
+    names: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Generate after each prompt; returns the generated ids per row, up to and including the
     `<eos>` / `<|end|>` that finished it (no padding). Every row parses together with its prompt.
@@ -122,6 +124,7 @@ def generate(
     force[b]: "image" | "audio" | "video" | None: the row's first generated span is of that modality.
     budgets[b]: the row's token budget (default cfg.max_new_tokens). seeds[b]: its sampling seed.
     uncond_prompts: the unconditional prompts for guidance (default `uncond_prompt` of each prompt).
+    names[b]: the row's name in a refused budget's error (default "prompt b").
     """
     B = len(prompts)
     if B == 0:
@@ -138,7 +141,7 @@ def generate(
         layout, cfg.constraints, B, torch.tensor(budget_list), list(force) if force else None, device
     )
     state.prefill(prompts)
-    _check_budgets(state, budget_list, force)
+    _check_budgets(state, budget_list, force, names or [f"prompt {b}" for b in range(B)])
     sampler = Sampler(cfg.sampling, seed_list, device)
     guided = cfg.sampling.guided()
     rows = prompts
@@ -182,19 +185,22 @@ def generate(
     return _trim(out.cpu().numpy(), pad_id)
 
 
-def _check_budgets(state: SpanConstraints, budgets: list[int], force: Sequence[str | None] | None) -> None:
+def _check_budgets(
+    state: SpanConstraints, budgets: list[int], force: Sequence[str | None] | None, names: Sequence[str]
+) -> None:
     """Refuse budgets that would cut a span: a prompt's unfinished span, then the forced one after it."""
     closes = state.tokens_to_close()
     for b, need in enumerate(closes):
         if budgets[b] < need:
             raise ConstraintError(
-                f"prompt {b} ends inside a span that needs at least {need} more tokens; budget {budgets[b]}"
+                f"{names[b]} ends inside a span that needs at least {need} more tokens; budget {budgets[b]}"
             )
     for b, m in enumerate(force or []):
         if m is not None and budgets[b] < closes[b] + state.need[m]:
             after = f" after the {closes[b]} that finish its prompt's span" if closes[b] else ""
             raise ConstraintError(
-                f"row {b} is forced to answer with {m}, which needs {state.need[m]} tokens{after}; budget {budgets[b]}"
+                f"{names[b]} is forced to answer with {m}, which needs {state.need[m]} tokens{after}; "
+                f"budget {budgets[b]}"
             )
 
 

@@ -51,6 +51,10 @@ class Prompt:
     segments: list[Segment]
     force: str | None = None
     seed: int | None = None
+    where: str | None = None  # "file:line" of a prompts JSONL, for errors; None: "prompt <index>"
+
+
+PROMPT_KEYS = {"segments", "force", "seed"}
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
@@ -66,16 +70,24 @@ def read_prompts(path: str | Path) -> list[Prompt]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{where}: not valid JSON ({e})") from None
+        shape = '{"segments": [...], "force"?: ..., "seed"?: ...}'
         if not isinstance(obj, dict) or not isinstance(obj.get("segments"), list) or not obj["segments"]:
-            raise ConfigError(f'{where}: expected {{"segments": [...], "force"?: ..., "seed"?: ...}}')
+            raise ConfigError(f"{where}: expected {shape}")
+        if extra := sorted(set(obj) - PROMPT_KEYS):
+            raise ConfigError(f"{where}: unknown key(s) {extra}; expected {shape}")
         try:
             segs = [segment_from_json(s, path.parent, f"{where}.segments[{i}]") for i, s in enumerate(obj["segments"])]
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        force = obj.get("force")
+        for i, seg in enumerate(segs):
+            if seg.media is not None and not Path(seg.media).is_file():
+                raise ConfigError(f"{where}.segments[{i}].{seg.modality}: file not found: {seg.media}")
+        force, seed = obj.get("force"), obj.get("seed")
         if force is not None and force not in MEDIA:
             raise ConfigError(f"{where}.force: expected one of {MEDIA}, got {force!r}")
-        prompts.append(Prompt(segs, force, obj.get("seed")))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"{where}.seed: expected an integer, got {seed!r}")
+        prompts.append(Prompt(segs, force, seed, where))
     if not prompts:
         raise ConfigError(f"{path}: no prompts")
     return prompts
@@ -95,6 +107,10 @@ class SamplingSession:
     """A loaded model + tokenizers, reused across batches of prompts (the demo and eval call `run`)."""
 
     def __init__(self, cfg: SampleConfig):
+        for key, value in (("batch_size", cfg.batch_size), ("generate.max_new_tokens", cfg.generate.max_new_tokens),
+                           ("generate.stop_check_every", cfg.generate.stop_check_every)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"key {key!r}: expected an integer >= 1, got {value!r}")
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         bf16 = use_bf16(cfg.dtype, self.device)
@@ -107,7 +123,10 @@ class SamplingSession:
     def ids_of(self, prompt: Prompt) -> np.ndarray:
         segs = [Segment(s.modality, s.text, s.codes, s.media, "user" if self.cfg.chat and s.role is None else s.role,
                         s.loss) for s in prompt.segments]  # fmt: skip
-        return prompt_ids(self.codec, segs)
+        try:
+            return prompt_ids(self.codec, segs)
+        except ValueError as e:  # a conversation missing a role, media the tokenizer cannot read, ...
+            raise ConfigError(f"{prompt.where or 'prompt'}: {e}") from None
 
     def generate(
         self, prompts: list[Prompt], budgets: list[int] | None = None
@@ -115,7 +134,8 @@ class SamplingSession:
         """(prompt ids, generated ids) per prompt, in batches of cfg.batch_size; `budgets` caps each row."""
         ids = [self.ids_of(p) for p in prompts]
         seeds = [p.seed if p.seed is not None else self.cfg.generate.seed + i for i, p in enumerate(prompts)]
-        return ids, self.generate_ids(ids, budgets, [p.force for p in prompts], seeds)
+        names = [p.where or f"prompt {i}" for i, p in enumerate(prompts)]
+        return ids, self.generate_ids(ids, budgets, [p.force for p in prompts], seeds, names=names)
 
     def generate_ids(
         self,
@@ -124,25 +144,35 @@ class SamplingSession:
         force: list[str | None] | None = None,
         seeds: list[int] | None = None,
         uncond: list[np.ndarray] | None = None,
+        names: list[str] | None = None,
     ) -> list[np.ndarray]:
         """`generate` on prompt ids: per row its budget, forced modality, seed (default cfg.generate.seed + row)
-        and unconditional twin for guidance (default `uncond_prompt` of the row)."""
+        and unconditional twin for guidance (default `uncond_prompt` of the row). `names` are the rows' names
+        in errors (default "prompt <index>"), so a refused row is named across batches."""
         cfg = self.cfg
         if not ids:
             return []
-        budgets = self.row_budgets(ids, budgets, uncond)
+        names = names or [f"prompt {i}" for i in range(len(ids))]
+        budgets = self.row_budgets(ids, budgets, uncond, names)
         force = force or [None] * len(ids)
+        for name, m in zip(names, force):
+            if m is not None and m not in self.layout.codebooks:
+                raise ConfigError(f"{name}: force {m!r}, but the checkpoint has {sorted(self.layout.codebooks)}")
         seeds = seeds or [cfg.generate.seed + i for i in range(len(ids))]
         out = []
         for i in range(0, len(ids), cfg.batch_size):
             part = slice(i, i + cfg.batch_size)
             out += generate(self.model, self.layout, ids[part], cfg.generate, force=force[part], seeds=seeds[part],
                             budgets=budgets[part], uncond_prompts=uncond[part] if uncond else None,
-                            device=self.device)  # fmt: skip
+                            device=self.device, names=names[part])  # fmt: skip
         return out
 
     def row_budgets(
-        self, ids: list[np.ndarray], budgets: list[int] | None, uncond: list[np.ndarray] | None = None
+        self,
+        ids: list[np.ndarray],
+        budgets: list[int] | None,
+        uncond: list[np.ndarray] | None = None,
+        names: list[str] | None = None,
     ) -> list[int]:
         """Each row's budget: its own (default cfg.generate.max_new_tokens), at most max_new_tokens, and at most
         the context its prompt (and its unconditional twin) leaves. Per row: rows have their own positions, so
@@ -155,7 +185,8 @@ class SamplingSession:
         for b, (p, budget) in enumerate(zip(ids, budgets)):
             longest = max(len(p), len(uncond[b]) if uncond else 0)
             if longest >= context:
-                what = f"prompt {b}" if longest == len(p) else f"the unconditional twin of prompt {b}"
+                name = names[b] if names else f"prompt {b}"
+                what = name if longest == len(p) else f"the unconditional twin of {name}"
                 raise ConfigError(f"{what} has {longest} tokens; the model's context is {context}")
             out.append(min(budget, cap, context - longest))
         return out

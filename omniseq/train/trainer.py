@@ -245,7 +245,7 @@ class Trainer:
         self.cfg = cfg
         self.layout = check_inputs(cfg)
         self.rank, self.world, self.device = init_distributed()
-        self.precision = "bf16" if use_bf16(cfg.precision, self.device) else "fp32"
+        self.precision = "bf16" if use_bf16(cfg.precision, self.device, "precision") else "fp32"
         self.out = Path(cfg.out_dir)
         self.ckpt_root = self.out / "checkpoints"
         if self.rank == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from omniseq.config import ConfigError
 from omniseq.model import precision
 
 
@@ -38,3 +39,8 @@ def test_a_device_that_is_not_there_or_not_a_choice_is_a_config_error(monkeypatc
         precision.pick_device("cuda")
     with pytest.raises(ConfigError, match=r"sample.device: expected one of \['auto', 'cpu', 'cuda'\], got 'gpu'"):
         precision.pick_device("gpu", key="sample.device")
+
+
+def test_an_unknown_dtype_is_an_error_naming_its_key():
+    with pytest.raises(ConfigError, match=r"dtype: expected one of \['auto', 'bf16', 'fp32'\], got 'float16'"):
+        precision.use_bf16("float16", torch.device("cpu"))

@@ -151,7 +151,7 @@ def test_forced_span_after_a_prompt_span_needs_budget_for_both(tiny_layout):
 
 def test_forced_modality_without_budget_is_an_error(tiny_layout):
     L = tiny_layout
-    with pytest.raises(ValueError, match="row 0 is forced to answer with image, which needs 10 tokens; budget 9"):
+    with pytest.raises(ValueError, match="prompt 0 is forced to answer with image, which needs 10 tokens; budget 9"):
         generate(
             RandomLogits(L, 0).decoder(),
             L,
@@ -248,6 +248,9 @@ def test_prompt_ids_from_segments(tiny_layout, text_tokenizer):
     assert chat.tolist() == [L.id("<bos>"), L.id("<|user|>"), *words, L.id("<|end|>"), L.id("<|assistant|>")]
     turn = [Segment("text", text="hi", role="user"), Segment("text", text="a cat", role="assistant")]
     assert prompt_ids(codec, turn).tolist()[-len(words) - 1 :] == [L.id("<|assistant|>"), *words]
+    # an empty assistant segment (how a prompts file may write "the assistant answers") opens a new turn
+    empty = [Segment("text", text="a cat", role="user"), Segment("text", text="", role="assistant")]
+    assert prompt_ids(codec, empty).tolist() == chat.tolist()
 
 
 @pytest.mark.parametrize("key", LAYOUT_KEYS, ids=lambda k: f"{k[0]}-{'rowend' if k[1] else 'plain'}")

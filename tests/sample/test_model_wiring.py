@@ -11,6 +11,7 @@ from omniseq.config import ConfigError
 from omniseq.document import DocumentCodec
 from omniseq.sample import CachelessDecoder, ConstraintConfig, GenerateConfig, generate
 from omniseq.sample.run import SampleConfig, SamplingSession
+from omniseq.vocab import CodebookSpec, VocabLayout
 
 model_mod = pytest.importorskip("omniseq.model")
 
@@ -81,3 +82,16 @@ def test_a_long_prompt_does_not_cut_the_other_rows_budgets(tiny_layout, text_tok
     assert s.row_budgets([short, long], [70, 10]) == [70, 10]
     with pytest.raises(ConfigError, match="prompt 1 has 128 tokens; the model's context is 128"):
         s.row_budgets([short, np.ones(128, dtype=np.int64)], None)
+
+
+def test_a_refused_budget_names_the_prompt_not_its_row_in_the_batch(tiny_layout, text_tokenizer):
+    """One prompt per batch: the second prompt is row 0 of its batch, and the error still names prompt 1."""
+    L = tiny_layout
+    s = session(L, text_tokenizer)
+    short, _ = long_and_short(L, text_tokenizer)
+    with pytest.raises(ValueError, match="prompt 1 is forced to answer with image"):
+        s.generate_ids([short, short], [64, 3], [None, "image"])
+    images_only = VocabLayout.build(text_tokenizer.spec(), [CodebookSpec("image", "test", 16, grid=(2, 3))])
+    s = session(images_only, text_tokenizer)
+    with pytest.raises(ConfigError, match=r"prompt 1: force 'audio', but the checkpoint has \['image'\]"):
+        s.generate_ids([short, short], [8, 8], [None, "audio"])
