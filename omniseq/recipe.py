@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from omniseq.config import ConfigError, config_sources, load_config
+from omniseq.train.config import STOPPED_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3", "sft", "samples", "eval")
@@ -126,7 +127,12 @@ def free_port() -> int:
 def run(cmd: list[str]) -> None:
     """A step's subprocess, its output streamed; a failure stops the recipe with the command named."""
     print("  $", " ".join(cmd), flush=True)
-    if subprocess.call(cmd, cwd=REPO) != 0:
+    rc = subprocess.call(cmd, cwd=REPO)
+    if rc == STOPPED_EXIT:
+        raise SystemExit(
+            f"recipe step stopped by SIGTERM after a checkpoint (rerun the recipe to resume): {' '.join(cmd)}"
+        )
+    if rc != 0:
         raise SystemExit(f"recipe step failed: {' '.join(cmd)}")
 
 
@@ -411,11 +417,12 @@ def step_inputs(cfg: RecipeConfig, name: str) -> dict:
 
 
 def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = False) -> None:
-    """Refuse to reuse a done step made with other keys (a run made before the record has none to check);
-    with `keep` (--keep-done), say what differs and go on."""
+    """Refuse to reuse a step done, or started and not finished, with other keys (a run made before the record
+    has none to check); with `keep` (--keep-done), say what differs and go on."""
     record = done / f"{name}.inputs.json"
     if not record.is_file():
         return
+    how = "done" if (done / name).exists() else "started (not finished)"
     then, now = json.loads(record.read_text()), json.loads(json.dumps(step_inputs(cfg, name)))
     changed = sorted(k for k in now if k in then and then[k] != now[k] and k != "files")
     files_then, files_now = then.get("files", now["files"]), now["files"]  # older records kept no files
@@ -430,10 +437,10 @@ def check_step_inputs(cfg: RecipeConfig, done: Path, name: str, keep: bool = Fal
         diff = "; ".join([*(f"{k}: {then[k]!r} then, {now[k]!r} now" for k in changed),
                           *(f"{f}: its settings changed" for f in edited)])  # fmt: skip
         if keep:
-            print(f"  {name}: kept (--keep-done), though done with other settings ({diff})", flush=True)
+            print(f"  {name}: kept (--keep-done), though {how} with other settings ({diff})", flush=True)
             return
         raise ConfigError(
-            f"{done.parent}: step {name!r} was done with other settings ({diff}); rerun from {first!r} with "
+            f"{done.parent}: step {name!r} was {how} with other settings ({diff}); rerun from {first!r} with "
             f"--redo {first}, write to another --out, or reuse it as it is with --keep-done"
         )
 
@@ -470,16 +477,19 @@ def main(argv: list[str] | None = None) -> None:
     timings, t_all = [], time.perf_counter()
     recipe.pending = {s for s in STEPS if not (done / s).exists()}
     for name in STEPS[: STEPS.index(args.until) + 1]:
-        if (done / name).exists():
+        # a step started before and not finished resumes its working folders (a stage its checkpoints, the
+        # shard builder its shards): checked like a done one, so it goes on only with the settings it started with
+        if (done / name).exists() or name in WORK_DIRS:
             check_step_inputs(cfg, done, name, args.keep_done)
+        if (done / name).exists():
             timings.append((name, None, (done / name).read_text().strip()))
             continue
         print(f"\n== {name}", flush=True)
         t0 = time.perf_counter()
         inputs = step_inputs(cfg, name)  # before the step: a file edited while it runs is not what it read
+        (done / f"{name}.inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
         summary = recipe.step(name)
         timings.append((name, time.perf_counter() - t0, summary))
-        (done / f"{name}.inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
         (done / name).write_text(summary + "\n")
     print(f"\n== {cfg.world} recipe finished in {time.perf_counter() - t_all:.0f} s ({cfg.out})")
     for name, secs, summary in timings:

@@ -71,6 +71,24 @@ def test_a_stages_own_overrides_leave_the_stages_before_it_valid(tmp_path):
         check_step_inputs(now, tmp_path, "sft")
 
 
+def test_a_stopped_stage_does_not_resume_with_other_settings(tmp_path):
+    """The record is written when a step starts: a stage stopped midway (its checkpoints on disk, no done
+    marker) and rerun with another per_stage entry is refused before it resumes those checkpoints."""
+    from omniseq.config import ConfigError, load_config
+    from omniseq.recipe import STEPS, RecipeConfig, main, step_inputs
+
+    out = tmp_path / "run"
+    done = out / ".done"
+    done.mkdir(parents=True)
+    cfg = load_config(RecipeConfig, None, [f"out={out}"])
+    for step in STEPS[: STEPS.index("stage1") + 1]:
+        (done / f"{step}.inputs.json").write_text(json.dumps(step_inputs(cfg, step)))
+        if step != "stage1":
+            (done / step).write_text("done\n")
+    with pytest.raises(ConfigError, match=r"step 'stage1' was started \(not finished\) with other settings.*--redo"):
+        main(["--out", str(out), "--until", "stage1", "per_stage={stage1: [steps=5]}"])
+
+
 def test_an_edited_config_file_is_refused_from_the_first_step_that_reads_it(tmp_path):
     """The tokenizer, shard and stage YAMLs a recipe names are recorded by their settings: a changed value
     refuses the done steps from the first one that reads the file, a changed comment does not."""

@@ -6,7 +6,7 @@ import argparse
 
 from omniseq.cli import run as run_cli
 from omniseq.config import load_config
-from omniseq.train.config import StageConfig
+from omniseq.train.config import STOPPED_EXIT, StageConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
         layout = check_inputs(cfg)
         print(f"{cfg.name}: config, {len(cfg.data.sources)} shard set(s) and vocab {layout.hash[:12]} check out")
         return
-    run(cfg)
+    result = run(cfg)
+    if "stopped_at" in result:  # SIGTERM: checkpointed, not finished; `make stage1 && make stage2` must stop here
+        print(f"{cfg.name}: stopped by SIGTERM at step {result['stopped_at']} (checkpointed); rerun to resume")
+        raise SystemExit(STOPPED_EXIT)
 
 
 if __name__ == "__main__":

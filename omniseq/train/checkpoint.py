@@ -59,17 +59,26 @@ def latest_complete(root: Path) -> str | None:
 
 
 def save(engine, root: Path, step: int, common: dict, per_rank: dict, keep_last: int) -> str:
-    """Collective: every rank calls it. Returns the tag."""
+    """Collective: every rank calls it. Returns the tag.
+
+    Then prunes: keeps the `keep_last` newest complete tags up to this one, and removes any tag past it. Those
+    belong to a run this one left (`latest` pointed before them: a rollback, or a stop between a COMPLETE marker
+    and `latest`), and left in place they would outrank this run's checkpoints in a scan or, pruned by name,
+    make it delete the checkpoint it just wrote."""
     tag = f"step{step:08d}"
     rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        (root / tag / COMPLETE).unlink(missing_ok=True)  # rewriting an abandoned run's tag: not complete meanwhile
+    dist.barrier()
     engine.save_checkpoint(str(root), tag=tag, client_state=common, save_latest=False)
     torch.save({**per_rank, "rng": rng_state(), "world_size": world}, root / tag / f"rank{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
         (root / tag / COMPLETE).write_text(json.dumps({"step": step, "world_size": world}) + "\n")
         write_text_atomic(root / LATEST, tag)
-        done = sorted(p for p in root.glob("step*") if (p / COMPLETE).is_file())
-        for old in done[: max(len(done) - keep_last, 0)]:
+        tags = sorted(p for p in root.glob("step*") if p.is_dir())
+        done = [p for p in tags if p.name <= tag and (p / COMPLETE).is_file()]
+        for old in [*done[: max(len(done) - keep_last, 0)], *(p for p in tags if p.name > tag)]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return tag
@@ -91,7 +100,10 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
 
 def export(state: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, layout: VocabLayout, extra: dict) -> Path:
     """An omniseq model folder (model.yaml + model.safetensors, as omniseq.model.hf reads and exports)
-    plus the vocabulary and the vocab hash: everything sampling and the HF exporter need."""
+    plus the vocabulary and the vocab hash: everything sampling and the HF exporter need. export.json is
+    written last and removed first, so a folder caught mid-rewrite (a re-export killed halfway) is refused
+    by `load_export` and the next stage's checks instead of pairing new weights with an old record."""
+    (out / EXPORT_META).unlink(missing_ok=True)
     save_model_dir(Transformer.from_state_dict(cfg, {k: v.float() for k, v in state.items()}), out)
     layout.save(out / "vocab.json")
     (out / EXPORT_META).write_text(json.dumps({"vocab_hash": layout.hash, **extra}, indent=2, sort_keys=True) + "\n")

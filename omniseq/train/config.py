@@ -14,6 +14,10 @@ from omniseq.config import ConfigError
 from omniseq.data.loader import DataConfig, SourceConfig
 from omniseq.vocab import MODALITIES
 
+# The exit status of a stage that SIGTERM stopped after its checkpoint: 128 + SIGTERM, what a shell reports for
+# a process SIGTERM ended, so schedulers, `&&` chains and the recipe read "preempted", not "done".
+STOPPED_EXIT = 143
+
 PRECISIONS = ("auto", "bf16", "fp32")
 # attention backends a training stage can use: its rows pack several documents, and sdpa_causal (one causal
 # sequence a row) refuses the document ids that keep them apart
@@ -119,6 +123,19 @@ class StageConfig:
             bad("optim.warmup", ">= 0 (a fraction of steps when < 1, else a step count)", self.optim.warmup)
         if not 0 <= self.optim.min_lr_ratio <= 1:
             bad("optim.min_lr_ratio", "a fraction of the peak lr in [0, 1]", self.optim.min_lr_ratio)
+        if self.warmup_steps() > self.steps:  # the lr would never reach its peak
+            bad("optim.warmup", f"at most the stage's {self.steps} steps", self.optim.warmup)
+        o = self.optim  # AdamW's own checks would fire only after the process group and the model are up
+        for key, ok, expected in (
+            ("lr", o.lr > 0, "> 0"),
+            ("beta1", 0 <= o.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= o.beta2 < 1, "in [0, 1)"),
+            ("eps", o.eps > 0, "> 0"),
+            ("weight_decay", o.weight_decay >= 0, ">= 0"),
+            ("grad_clip", o.grad_clip >= 0, ">= 0 (0 = no clipping)"),
+        ):
+            if not ok:
+                bad(f"optim.{key}", expected, getattr(o, key))
         attention = self.model.get("attention", "auto")
         if attention not in TRAIN_ATTENTION:
             bad("model.attention", f"one of {TRAIN_ATTENTION} (sdpa_causal cannot keep packed documents apart)",
@@ -132,6 +149,9 @@ class StageConfig:
         unknown = set(self.loss_weights) - set(MODALITIES)
         if unknown:
             bad("loss_weights", f"modalities among {MODALITIES}", sorted(unknown))
+        negative = {m: w for m, w in self.loss_weights.items() if w < 0}
+        if negative:  # a negative weight is gradient ascent on that modality
+            bad("loss_weights", "weights >= 0", negative)
         if not Path(self.vocab).is_file():
             bad("vocab", "an existing manifest.json (build the tokenizers and shards first)", self.vocab)
         if not Path(self.deepspeed).is_file():

@@ -273,6 +273,12 @@ class Trainer:
         if tag:
             common, mine = ckpt.load(self.engine, self.ckpt_root, tag)
             self.step, self.bad_steps = common["step"], common["bad_steps"]
+            if self.step > cfg.steps:
+                raise ConfigError(
+                    f"key 'steps': {cfg.steps}, but {self.ckpt_root / tag} has trained {self.step}; raise steps, "
+                    "or train into a new out_dir (or delete its ckpt/ folder) to start the stage again"
+                )
+            self._apply_optim_config()
             self.stream.load_state_dict(mine["data"])
             # a budget fitted (and cut) before the stop, for this config's planned steps: resume on that
             # schedule, with what is left of the budget
@@ -286,6 +292,17 @@ class Trainer:
         self.budget: TimeBudget | None = None
         self.flops_per_token = self.mcfg.flops_per_token(cfg.data.seq_len)  # the formula bench/train_step.py uses
         self.peak = device_peak_tflops(self.device)
+
+    def _apply_optim_config(self) -> None:
+        """After a resume, this config's optimizer settings. DeepSpeed loads the optimizer's state after the
+        scheduler's, and torch's `load_state_dict` brings back every group's saved lr, weight decay, betas
+        and eps: the first step would run at the old schedule's lr and changed `optim` keys would never
+        take effect (docs/training.md: a resumed stage takes its settings from its config)."""
+        o = self.cfg.optim
+        groups = self.engine.lr_scheduler.optimizer.param_groups  # optimizer_for's: decayed, then not
+        for group, decay in zip(groups, (o.weight_decay, 0.0)):
+            group.update(weight_decay=decay, betas=(o.beta1, o.beta2), eps=o.eps)
+        self.engine.lr_scheduler._apply()  # this step's lr from the config's peak and the restored count
 
     # -- one optimizer step ------------------------------------------------------------------------------
     def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:

@@ -97,6 +97,40 @@ def test_a_resumed_stage_repeats_the_losses_and_lrs_bit_for_bit(train_world, tmp
         assert {s: v for s, v in straight.items() if s > 2} == again, key
 
 
+def test_a_resumed_stage_trains_with_its_configs_optimizer_settings(train_world, tmp_path):
+    """DeepSpeed restores the optimizer after the scheduler, and with it the saved groups' lr, decay, betas and
+    eps: a resume with a lower lr and other AdamW settings must use the new ones from its first step."""
+    from omniseq.train.trainer import Trainer
+
+    yaml = stage_yaml(train_world, tmp_path / "s.yaml", optim={"warmup": 0, "lr": 3e-3}, save_every=100)
+    first = Trainer(load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'r'}"]))
+    for _ in range(2):
+        first.train_step()
+    first.save()
+    changed = ["optim.lr=1e-4", "optim.weight_decay=0.0", "optim.beta2=0.5", "optim.eps=1e-6"]
+    cfg = load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'r'}", *changed])
+    second = Trainer(cfg)
+    groups = second.engine.optimizer.param_groups
+    assert [(g["weight_decay"], g["betas"], g["eps"]) for g in groups] == [(0.0, (0.9, 0.5), 1e-6)] * 2
+    used = lrs_used(second)
+    second.fit()
+    expected = [1e-4 * lr_factor(k, 6, 0, cfg.optim.min_lr_ratio) for k in range(3, 7)]
+    assert used == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_resume_past_the_configs_steps_is_refused(train_world, tmp_path):
+    from omniseq.config import ConfigError
+    from omniseq.train.trainer import Trainer
+
+    yaml = stage_yaml(train_world, tmp_path / "s.yaml", save_every=100)
+    first = Trainer(load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'r'}"]))
+    for _ in range(4):
+        first.train_step()
+    first.save()
+    with pytest.raises(ConfigError, match="key 'steps': 2, but .* has trained 4"):
+        Trainer(load_config(StageConfig, yaml, [f"out_dir={tmp_path / 'r'}", "steps=2"]))
+
+
 def test_a_checkpoint_of_deepspeeds_old_scheduler_is_refused_with_advice():
     import pytest
     import torch

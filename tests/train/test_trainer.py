@@ -43,6 +43,14 @@ def load(world, tmp_path, *overrides, **keys) -> StageConfig:
         (("log_every=0",), ConfigError, "'log_every': expected a positive number of steps, got 0"),
         (("keep_last=0",), ConfigError, "'keep_last': expected at least 1"),
         (("model={attention: sdpa_causal}",), ConfigError, "'model.attention'.*packed documents"),
+        # values AdamW would refuse only after the process group and the model are up, or take silently
+        (("optim.warmup=7",), ConfigError, "'optim.warmup': expected at most the stage's 6 steps, got 7"),
+        (("optim.lr=-1",), ConfigError, "'optim.lr': expected > 0"),
+        (("optim.beta2=1.5",), ConfigError, r"'optim.beta2': expected in \[0, 1\)"),
+        (("optim.eps=0",), ConfigError, "'optim.eps': expected > 0"),
+        (("optim.weight_decay=-3",), ConfigError, "'optim.weight_decay': expected >= 0"),
+        (("optim.grad_clip=-1",), ConfigError, "'optim.grad_clip': expected >= 0"),
+        (("loss_weights={image: -0.5}",), ConfigError, "'loss_weights': expected weights >= 0"),
     ],
 )
 def test_bad_stage_configs_fail_before_compute(train_world, tmp_path, overrides, error, match):
@@ -284,3 +292,61 @@ def test_too_many_non_finite_losses_stop_the_run(train_world, tmp_path):
     cfg = load(train_world, tmp_path, "steps=3", "max_bad_steps=1", "deepspeed=configs/deepspeed/zero1.json")
     with pytest.raises(TooManyBadSteps, match="max_bad_steps=1"):
         fit_with_poisoned_batches(cfg, {2, 3})
+
+
+def test_a_sigterm_stop_checkpoints_and_exits_with_the_preempted_status(train_world, tmp_path, monkeypatch):
+    """SIGTERM (here its flag) ends the stage after the step with a checkpoint and no export, and the command
+    exits 143, not 0, so `make stage1 && make stage2` and the recipe do not go on as if it had finished."""
+    from omniseq.train import __main__ as cli
+    from omniseq.train import trainer as tr
+
+    cfg = load(train_world, tmp_path)
+    t = tr.Trainer(cfg)
+    t.stop_requested = True
+    assert t.fit() == {"stopped_at": 1}
+    assert ckpt.latest_complete(t.ckpt_root) == "step00000001" and not (t.out / "export").exists()
+    monkeypatch.setattr(tr, "run", lambda cfg: {"stopped_at": 1})
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--config", str(tmp_path / "s.yaml")])
+    assert e.value.code == cli.STOPPED_EXIT == 143
+
+
+def test_a_rolled_back_run_keeps_its_own_checkpoint_and_drops_the_abandoned_ones(train_world, tmp_path):
+    """`latest` set back to step 3 while step 6 is complete (a rollback, or a stop between step 6's COMPLETE and
+    `latest`): the run resumes at 3, and its next save with keep_last=1 keeps that save, not step 6."""
+    from omniseq.train import trainer as tr
+
+    t = tr.Trainer(load(train_world, tmp_path, "save_every=100", "steps=10"))
+    for _ in range(2):
+        for _ in range(3):
+            t.train_step()
+        t.save()
+    root = t.ckpt_root
+    assert sorted(p.name for p in root.glob("step*")) == ["step00000003", "step00000006"]
+    (root / "latest").write_text("step00000003")
+    again = tr.Trainer(load(train_world, tmp_path, "save_every=100", "steps=10", "keep_last=1"))
+    assert again.step == 3
+    again.train_step()
+    assert again.save() == "step00000004"
+    assert sorted(p.name for p in root.glob("step*")) == ["step00000004"]
+    assert ckpt.latest_complete(root) == "step00000004"
+
+
+def test_an_export_killed_while_rewritten_is_refused_not_half_read(train_world, tmp_path, monkeypatch):
+    """A re-export removes export.json first and writes it last: one that dies while writing the weights
+    leaves a folder that loading refuses, not the old record beside new or truncated weights."""
+    from omniseq.model import hf
+
+    layout = train_world["layout"]
+    model = Transformer.build(model_config("tiny", layout.size))
+    out = ckpt.export(model.state_dict(), model.cfg, tmp_path / "export", layout, {})
+    ckpt.load_export(out)  # a whole export loads
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the weights")
+
+    monkeypatch.setattr(hf, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.export(model.state_dict(), model.cfg, out, layout, {})
+    with pytest.raises(FileNotFoundError, match="export.json is missing"):
+        ckpt.load_export(out)
