@@ -117,6 +117,7 @@ def generate(
     uncond_prompts: Sequence[Sequence[int]] | None = None,
     device: torch.device | str = "cpu",
     names: Sequence[str] | None = None,
+    cache_bucket: int = 0,
 ) -> list[np.ndarray]:
     """Generate after each prompt; returns the generated ids per row, up to and including the
     `<eos>` / `<|end|>` that finished it (no padding). Every row parses together with its prompt.
@@ -125,6 +126,8 @@ def generate(
     budgets[b]: the row's token budget (default cfg.max_new_tokens). seeds[b]: its sampling seed.
     uncond_prompts: the unconditional prompts for guidance (default `uncond_prompt` of each prompt).
     names[b]: the row's name in a refused budget's error (default "prompt b").
+    cache_bucket: 0, the cache holds what the rows need; else that rounded up to a power of two, at most
+    cache_bucket positions (the context), so a compiled decode step meets a few cache shapes, not one a batch.
     """
     B = len(prompts)
     if B == 0:
@@ -160,6 +163,8 @@ def generate(
     # Each row has its own positions, so the cache needs the longest prompt + budget of any one row (a twin
     # row has its conditional row's budget), not the longest prompt plus the largest budget.
     slots = max(len(r) + budget_list[i % B] for i, r in enumerate(rows))
+    if cache_bucket:
+        slots = max(slots, min(1 << (slots - 1).bit_length(), cache_bucket))
     decoder.setup_cache(len(rows), slots)
     logits = decoder.prefill(ids, lengths)
     pos = lengths

@@ -164,7 +164,8 @@ class SamplingSession:
             part = slice(i, i + cfg.batch_size)
             out += generate(self.model, self.layout, ids[part], cfg.generate, force=force[part], seeds=seeds[part],
                             budgets=budgets[part], uncond_prompts=uncond[part] if uncond else None,
-                            device=self.device, names=names[part])  # fmt: skip
+                            device=self.device, names=names[part],
+                            cache_bucket=self.model.cfg.max_seq_len if cfg.compile else 0)  # fmt: skip
         return out
 
     def row_budgets(

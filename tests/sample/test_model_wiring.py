@@ -95,3 +95,19 @@ def test_a_refused_budget_names_the_prompt_not_its_row_in_the_batch(tiny_layout,
     s = session(images_only, text_tokenizer)
     with pytest.raises(ConfigError, match=r"prompt 1: force 'audio', but the checkpoint has \['image'\]"):
         s.generate_ids([short, short], [8, 8], [None, "audio"])
+
+
+def test_a_compiled_session_rounds_its_cache_to_a_few_shapes_with_the_same_tokens(tiny_layout, text_tokenizer):
+    """With compile on, each batch's cache is its need rounded up to a power of two (at most the context), so
+    the compiled step meets a few shapes rather than one per batch; the extra slots change no token."""
+    L = tiny_layout
+    s = session(L, text_tokenizer)
+    short, long = long_and_short(L, text_tokenizer)
+    plain = s.generate_ids([short, long, short], [9, 5, 20])
+    sizes, setup = [], s.model.setup_cache
+    s.model.setup_cache = lambda b, n, *a: (sizes.append(n), setup(b, n, *a))[1]
+    s.cfg.compile = True  # the flag only: this test checks the cache shapes, not torch.compile
+    rounded = s.generate_ids([short, long, short], [9, 5, 20])
+    assert all(np.array_equal(a, b) for a, b in zip(plain, rounded))
+    need = [len(short) + 9, len(long) + 5, len(short) + 20]
+    assert sizes == [min(1 << (n - 1).bit_length(), 128) for n in need]
