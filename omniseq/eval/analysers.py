@@ -2,8 +2,9 @@
 
 Issue 9: the harness scores text->image, text->audio, text->video and text->speech by analysing what the
 model generated and comparing with the prompt's ground truth. Every analyser takes decoded arrays (uint8
-[H, W, 3] images, float waveforms at 16 kHz, uint8 [T, H, W, 3] clips) and returns attributes in the
-shape of the corpus' "meta" (omniseq.data.demo_corpus), so omniseq.eval.metrics.compare can score them:
+[H, W, 3] images, float waveforms at 16 kHz: SAMPLE_RATE, to which the harness resamples a codec's decode,
+uint8 [T, H, W, 3] clips) and returns attributes in the shape of the corpus' "meta"
+(omniseq.data.demo_corpus), so omniseq.eval.metrics.compare can score them:
 
     image   pixels -> nearest palette colour; per colour the largest blob; its box centre -> grid cell,
             its box side -> nearest size, its mask -> the best-overlapping shape template (IoU)
@@ -25,6 +26,7 @@ from scipy import ndimage
 
 from omniseq.data import demo_media as dm
 
+SAMPLE_RATE = dm.SAMPLE_RATE  # the rate every audio analyser reads (the demo media's)
 PALETTE = np.array([dm.BACKGROUND, *dm.COLOURS.values()], np.float32)  # index 0: background
 COLOUR_NAMES = list(dm.COLOURS)
 

@@ -29,12 +29,13 @@ from omniseq.atomic import write_text_atomic
 from omniseq.data.demo_corpus import document_of
 from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
 from omniseq.document import Segment, segment_from_json
-from omniseq.eval.analysers import SpeechRecogniser, analyse
+from omniseq.eval.analysers import SAMPLE_RATE, SpeechRecogniser, analyse
 from omniseq.eval.gallery import write_gallery
 from omniseq.eval.metrics import compare, describe, mean_scores, parse_text
 from omniseq.model.transformer import Transformer
 from omniseq.sample.render import media_rate
 from omniseq.sample.run import Prompt, SampleConfig, SamplingSession
+from omniseq.tokenizers.audio_io import resample
 from omniseq.vocab import MODALITIES
 
 KIND_MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
@@ -114,6 +115,17 @@ def budget(item: Item, layout, text_tokens: int) -> int:
     return int(3 * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4  # audio: up to 3 seconds
 
 
+def at_rate(wave, rate: float, target: int) -> np.ndarray:
+    """A clip decoded at its codec's `rate` -> float32 at `target` Hz, the one rate an analyser or scorer reads
+    (16 kHz): an EnCodec decodes at 24 or 32 kHz, and the spoken-digit scorer read 35 of 100 FSDD clips right
+    fed them at 24 kHz as they were, against 98 at 16 kHz (each sound half as long again, a third lower).
+    Band-limited through soxr as every audio input is (audio_io.resample); [C, N] is resampled per channel."""
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim == 2:
+        return np.stack([resample(channel, rate, target) for channel in wave])
+    return resample(wave, rate, target)
+
+
 def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt], recogniser, text_tokens: int):
     """Generate for every prompt and score each answer against its item's ground truth. Returns the score rows,
     and for the gallery, per item, what was asked and made of the answer ({task, label, scored_as, score}) and
@@ -131,8 +143,11 @@ def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt
             if media is None:
                 pred = {}
             else:
-                decoded = session.codec.render(media)
-                pred = analyse(item.kind, decoded, recogniser) if item.kind != "speech" or recogniser else {}
+                decoded = session.codec.render(media)  # at the codec's rate: the gallery plays it so
+                heard = decoded
+                if KIND_MODALITY[item.kind] == "audio":
+                    heard = at_rate(decoded, media_rate(session.codec, "audio"), SAMPLE_RATE)
+                pred = analyse(item.kind, heard, recogniser) if item.kind != "speech" or recogniser else {}
         scores = compare(item.kind, pred, item.meta)
         rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
         asked = "".join(s.text for s in item.prompt if s.modality == "text").strip()

@@ -17,9 +17,11 @@ named `{src}2{dst}`; how each is scored:
 Rows: `trained` (the checkpoint), `specialist` (the scorer itself on the real held-out media: for *2text
 that is a recogniser trained on the same data; for generation, what a perfect generator would score),
 `tokenizer` (the scorer on the real media after the tokenizer's round trip: the ceiling generation through
-these codes can reach), `random` (random weights), and `chance` (what guessing scores; for LJ, a training
-sentence picked without listening). The last column is the binomial tail P(hits >= the trained row's | chance).
-results.json keeps every item's answer (`answers`). `tasks=[...]` scores only those tasks.
+these codes can reach), `random` (random weights), and `chance` (what guessing scores: for a labelled task the
+best constant guess, the share of its most common label among the items scored; 1 / candidates for the named
+emoji; for LJ, a training sentence picked without listening). The last column is the binomial tail
+P(hits >= the trained row's | chance). results.json keeps every item's answer (`answers`). `tasks=[...]` scores
+only those tasks. Generated and round-tripped audio is resampled from its codec's rate to the scorers' 16 kHz.
 """
 
 from __future__ import annotations
@@ -28,20 +30,22 @@ import json
 import math
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import binom
 
 from omniseq.atomic import write_text_atomic
 from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
 from omniseq.eval.gallery import write_gallery
-from omniseq.eval.harness import Item, load_items
+from omniseq.eval.harness import Item, at_rate, load_items
 from omniseq.eval.metrics import edit_distance
+from omniseq.eval.real_scorers import SAMPLE_RATE, load_or_train
 from omniseq.model.transformer import Transformer
 from omniseq.sample.generate import prompt_ids
 from omniseq.sample.guidance import uncond_prompt
@@ -62,8 +66,9 @@ KIND_MODALITY = {
 SCORER_OF = {"digit_image": "digit_image", "digit_speech": "spoken_digit", "sound": "sound"}  # kind -> scorer
 CANDIDATE_TASKS = ("emoji2text", "emoji_video2text")
 AUDIO_SECONDS = {"digit_speech": 1.5, "sound": 2.2, "speech": 10.0}  # generation budget per target kind
-AUDIO_RATE = 16000  # the scorers' input rate (the audio codecs decode at 16 kHz)
+AUDIO_RATE = SAMPLE_RATE  # the scorers' input rate; decoded audio is resampled to it from its codec's (at_rate)
 ROWS = ("trained", "specialist", "tokenizer", "random", "chance")
+REFERENCES = ("random",)  # the model rows `references` may add
 
 
 def real_sample_config(run: str) -> SampleConfig:
@@ -92,7 +97,7 @@ class RealEvalConfig:
     # media_after_words). Spoken digit -> image, 100 items: 63% -> 86% on the H200 checkpoint, 68% -> 74% on
     # g1-cpu (docs/benchmarks.md)
     chain_draw_from: str = "words"
-    references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows: random
+    references: list[str] = field(default_factory=lambda: ["random"])  # extra model rows (REFERENCES): random
     out: str = "runs/real/eval"  # results.json and the table (results.md)
     seed: int = 0  # scorers and random weights
     scorer_overrides: list[str] = field(default_factory=list)  # key=value for every scorer (tests: epochs=1)
@@ -227,13 +232,21 @@ def score_model(
                 score = (word_accuracy(text, item.meta["label"]) if src == "speech"
                          else float(normalise(text) == normalise(item.meta["label"])))  # fmt: skip
             else:
-                heard = None if media is None else str(scorers[dst].predict([media])[0])
+                heard = None if media is None else str(scorers[dst].predict([scorer_input(session, media, dst)])[0])
                 score = float(heard == item.meta["label"])
         scores.append(score)
         made.append(media)
         said.append({"task": item.task, "id": item.meta.get("id"), "label": item.meta["label"], "text": text,
                      "scored_as": heard, "score": score})  # fmt: skip
     return scores, said, made
+
+
+def scorer_input(session: SamplingSession, media, kind: str):
+    """Decoded media of `kind` as its scorer reads it: audio resampled from its codec's rate to AUDIO_RATE (a
+    24 kHz EnCodec decode fed as it is reads as a slower, lower sound); images as they are."""
+    if KIND_MODALITY[kind] != "audio":
+        return media
+    return at_rate(media, media_rate(session.codec, "audio"), AUDIO_RATE)
 
 
 def media_of(item: Item, kind: str):
@@ -259,20 +272,32 @@ def reference_scores(session: SamplingSession, items: list[Item], scorers: dict)
         tok = session.codec.media[KIND_MODALITY[kind]]
         real = load_image(media) if KIND_MODALITY[kind] == "image" else load_audio(media, AUDIO_RATE).samples
         rows["specialist"].append(float(scorers[kind].predict([real])[0] == item.meta["label"]))
-        trip = tok.decode(tok.encode(media))
+        trip = scorer_input(session, tok.decode(tok.encode(media)), kind)
         rows["tokenizer"].append(float(scorers[kind].predict([trip])[0] == item.meta["label"]))
     return rows
 
 
-def chance(item: Item, train_transcripts: list[str]) -> float:
-    """What guessing scores: one of the candidates, one of ten labels, or (LJ) a training sentence drawn at
-    random without listening (the held-out sentences share words with the training ones: LJ001-0021 begins as
-    LJ001-0007 does), its expected word accuracy."""
-    if item.task in CANDIDATE_TASKS:
-        return 1 / len(item.meta["candidates"])
-    if item.task == "speech2text":
-        return float(np.mean([word_accuracy(t, item.meta["label"]) for t in train_transcripts] or [0.0]))
-    return 0.1  # ten digits, ten ESC-10 classes
+def chance(items: list[Item], train_transcripts: list[str]) -> list[float]:
+    """What guessing scores on each of the items scored (a task's mean is its chance row): one of the item's
+    candidates; for LJ, a training sentence drawn at random without listening (the held-out sentences share
+    words with the training ones: LJ001-0021 begins as LJ001-0007 does), its expected word accuracy; for a
+    labelled task (digits, sound classes), the best constant guess: the share of the task's most common label
+    among `items`. Not 1 / 10: the first per_direction items of a seeded shuffle are not balanced (14 of
+    runs/d1-cpu's first 60 text -> digit image items are zeros), and a model that always draws a zero scored
+    23% there, p 0.002 against 10%."""
+    labels = defaultdict(list)
+    for it in items:
+        labels[it.task].append(it.meta["label"])
+    majority = {task: max(Counter(ls).values()) / len(ls) for task, ls in labels.items()}
+    rates = []
+    for it in items:
+        if it.task in CANDIDATE_TASKS:
+            rates.append(1 / len(it.meta["candidates"]))
+        elif it.task == "speech2text":
+            rates.append(float(np.mean([word_accuracy(t, it.meta["label"]) for t in train_transcripts] or [0.0])))
+        else:
+            rates.append(majority[it.task])
+    return rates
 
 
 def train_transcripts(corpus: str | Path) -> list[str]:
@@ -288,7 +313,8 @@ def chance_tail(scores: list[float], rate: float) -> float | None:
     if not 0 < rate < 1 or any(s not in (0.0, 1.0) for s in scores):
         return None
     n, k = len(scores), int(sum(scores))
-    return float(sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(k, n + 1)))
+    # P(X >= k) = P(X > k - 1), by scipy: a sum of math.comb(n, i) * rate**i overflows a float past ~1,030 items
+    return float(binom.sf(k - 1, n, rate))
 
 
 def fitting_items(session: SamplingSession, items: list[Item], text_tokens: int) -> tuple[list[Item], dict]:
@@ -315,17 +341,28 @@ def held_out_items(cfg: RealEvalConfig) -> list[Item]:
     return items
 
 
-def evaluate(cfg: RealEvalConfig) -> dict:
-    from omniseq.eval.real_scorers import load_or_train
-
-    t0 = time.perf_counter()
+def check_config(cfg: RealEvalConfig) -> None:
+    """ConfigError naming the key, before anything loads: per_direction 0 took no item of any task but the
+    ranked ones (and a `tasks` list then failed as if the corpus lacked them), and a misspelt reference row
+    was left out without a word."""
     if cfg.chain_draw_from not in ("turn", "words"):
         raise ConfigError(f"chain_draw_from: expected turn or words, got {cfg.chain_draw_from!r}")
-    session = SamplingSession(cfg.sample)
+    if cfg.per_direction < 1:
+        raise ConfigError(f"per_direction: expected at least 1 held-out item per task, got {cfg.per_direction}")
+    if cfg.ranked_per_direction < 0:
+        raise ConfigError(f"ranked_per_direction: expected 0 (every item) or more, got {cfg.ranked_per_direction}")
+    if unknown := sorted(set(cfg.references) - set(REFERENCES)):
+        raise ConfigError(f"references: {unknown} unknown; expected a list of {list(REFERENCES)}, or [] for none")
+
+
+def evaluate(cfg: RealEvalConfig) -> dict:
+    t0 = time.perf_counter()
+    check_config(cfg)
     items = held_out_items(cfg)
     known = sorted({it.task for it in items})
     if unknown := sorted(set(cfg.tasks) - set(known)):
         raise ConfigError(f"tasks: {unknown} not in {cfg.corpus}/sft.eval.jsonl; it has {known}")
+    session = SamplingSession(cfg.sample)  # after the checks: loading the model takes a while
     chosen = [it for it in items if not cfg.tasks or it.task in cfg.tasks]
     items, too_long = fitting_items(session, chosen, cfg.text_tokens)
     needed = {split_task(it.task)[i] for it in items for i in (0, 1)} & set(SCORER_OF)
@@ -344,7 +381,7 @@ def evaluate(cfg: RealEvalConfig) -> dict:
         per_row["random"] = score_model(session, items, scorers, cfg.text_tokens, words_only)[0]
         session.model = trained
     transcripts = train_transcripts(cfg.corpus)
-    per_row["chance"] = [chance(it, transcripts) for it in items]
+    per_row["chance"] = chance(items, transcripts)
     table: dict[str, dict] = defaultdict(dict)
     for name, scores in per_row.items():
         by_task = defaultdict(list)

@@ -48,7 +48,7 @@ from omniseq.data import real_sets
 from omniseq.eval.analysers import mel_filterbank
 from omniseq.tokenizers.audio_io import load_audio
 
-SAMPLE_RATE = 16000  # the rate of the model's audio codec; every waveform given to a scorer is at this rate
+SAMPLE_RATE = 16000  # every waveform given to a scorer is at this rate (real.py resamples a codec's decode to it)
 FRAME, HOP, NFFT = 400, 160, 1024  # 25 ms frames every 10 ms; zero-padded FFT so 64 low mel bands are not empty
 PREDICT_BATCH = 256  # windows per forward pass when predicting
 FORMAT = 1  # bump when features or the network change: cached scorers of another format are retrained

@@ -8,7 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 
 import omniseq.eval.harness as harness
+from omniseq.data import demo_media as dm
+from omniseq.document import Segment
+from omniseq.eval.analysers import SAMPLE_RATE, analyse
 from omniseq.eval.harness import EvalConfig, Item, task_means
+from omniseq.sample.run import Prompt
+from omniseq.tokenizers.audio_io import resample
 
 
 def test_task_means_leave_the_rows_intact():
@@ -41,3 +46,28 @@ def test_results_json_rows_keep_their_task_labels(tmp_path, monkeypatch):
     # the generated image is in the gallery, named by what was asked and made of it; the text answer is not
     assert results["gallery"]["sheets"] == {"text2image": "text2image.png"}
     assert [p.name for p in (tmp_path / "generated" / "text2image").iterdir()] == ["000-draw_it-as-it.png"]
+
+
+def test_generated_audio_is_analysed_at_the_analysers_rate_and_kept_at_the_codecs(tmp_path):
+    """A codec that decodes at 24 kHz (EnCodec): the melody analyser must hear the clip resampled to its 16 kHz
+    (fed as it is, every note is a fifth lower and half as long again), and the gallery keeps the decode."""
+    notes = ["C", "E", "G", "B"]
+    at_24k = resample(dm.render_melody(notes, 0.3), SAMPLE_RATE, 24000)
+    assert analyse("melody", at_24k)["notes"] != notes  # what the harness read before it resampled
+    codec = SimpleNamespace(
+        media={"audio": SimpleNamespace(kind="fake", sample_rate=24000)},
+        decode=lambda ids: [Segment("audio", codes=np.zeros(4, np.int64), role="assistant")],
+        render=lambda seg: at_24k,
+    )
+    session = SimpleNamespace(
+        codec=codec,
+        layout=SimpleNamespace(codebook=lambda m: SimpleNamespace(rate=50, layers_in_ids=1)),
+        generate=lambda prompts, budgets: (
+            [np.zeros(1, np.int64)] * len(prompts),
+            [np.zeros(1, np.int64)] * len(prompts),
+        ),
+    )
+    item = Item("text2melody", "melody", [Segment("text", text="play C E G B", role="user")], {"notes": notes})
+    rows, said, made = harness.score_rows(session, [item], [Prompt(item.prompt, "audio")], None, 8)
+    assert rows[0]["main"] == 1.0 and said[0]["scored_as"] == "C E G B"
+    assert made[0] is at_24k  # the gallery writes it at the codec's rate (media_rate)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
+from math import comb
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import omniseq.eval.real as real
 from omniseq.config import ConfigError, load_config
 from omniseq.document import DocumentCodec, Segment
 from omniseq.eval.harness import Item
 from omniseq.eval.real import (
+    AUDIO_RATE,
     RealEvalConfig,
     budget,
     chance,
@@ -23,6 +27,8 @@ from omniseq.eval.real import (
     held_out_items,
     normalise,
     rank_candidates,
+    reference_scores,
+    score_model,
     split_task,
     word_accuracy,
 )
@@ -31,6 +37,7 @@ from omniseq.sample.generate import CachelessDecoder, GenerateConfig, prompt_ids
 from omniseq.sample.guidance import uncond_prompt
 from omniseq.sample.run import SampleConfig, SamplingSession
 from omniseq.sample.sampling import GuidanceConfig, SamplingConfig
+from omniseq.tokenizers.audio_io import write_audio
 from omniseq.train.config import StageConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +56,28 @@ def test_label_normalisation_and_word_accuracy():
     assert word_accuracy("a b c d e f g h", "x") == 0.0  # floored, never negative
 
 
-def test_chance_rates(tiny_layout):
-    item = Item("emoji2text", "emoji", [], {"candidates": CANDIDATES, "label": "rocket"})
-    assert chance(item, []) == 0.25
-    assert chance(Item("text2digit_image", "digit_image", [], {"label": "seven"}), []) == 0.1
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+# runs/d1-cpu's first 60 text -> digit image items: 14 zeros, the other 46 spread over nine digits
+UNBALANCED = ["zero"] * 14 + [DIGITS[1 + i % 9] for i in range(46)]
+
+
+def test_chance_rates():
+    emoji = Item("emoji2text", "emoji", [], {"candidates": CANDIDATES, "label": "rocket"})
     # LJ: the expected word accuracy of a training sentence drawn without listening
     lj = Item("speech2text", "speech", [], {"label": "the first book printed"})
-    assert chance(lj, ["the first book printed", "a cat"]) == pytest.approx((1.0 + 0.0) / 2)
-    assert chance(lj, []) == 0.0
+    assert chance([emoji, lj], ["the first book printed", "a cat"]) == pytest.approx([0.25, (1.0 + 0.0) / 2])
+    assert chance([lj], []) == [0.0]
+
+
+def test_chance_of_a_labelled_task_is_the_share_of_its_most_common_label():
+    """The best constant guess, per task among the items scored: not a flat 1 / 10."""
+    digits = [Item("text2digit_image", "digit_image", [], {"label": label}) for label in UNBALANCED]
+    sounds = [Item("sound2text", "sound", [], {"label": label}) for label in ["rain", "rain", "dog bark", "rooster"]]
+    rates = chance([*digits, *sounds], [])
+    assert rates[: len(digits)] == [14 / 60] * 60
+    assert rates[len(digits) :] == [0.5] * 4
+    balanced = [Item("text2digit_image", "digit_image", [], {"label": label}) for label in DIGITS * 3]
+    assert chance(balanced, []) == [0.1] * 30  # ten labels in equal shares: one in ten, as before
 
 
 def test_chained_answers_are_not_forced_and_get_room_for_the_label(tiny_layout):
@@ -67,6 +88,15 @@ def test_chained_answers_are_not_forced_and_get_room_for_the_label(tiny_layout):
     assert (forced(direct), budget(direct, tiny_layout, 32)) == ("image", image)
     assert (forced(chained), budget(chained, tiny_layout, 32)) == (None, 32 + image)
     assert forced(Item("digit_image2text", "digit_image", [], {}, [said])) is None
+
+
+def test_chance_tail_of_1100_items_equals_the_exact_sum():
+    """Past ~1,030 items the float sum overflowed; the exact tail in integers: sum_i C(n, i) 9^(n-i) / 10^n."""
+    n, k = 1100, 125
+    exact = Fraction(sum(comb(n, i) * 9 ** (n - i) for i in range(k, n + 1)), 10**n)
+    p = chance_tail([1.0] * k + [0.0] * (n - k), 0.1)
+    assert p == pytest.approx(float(exact), rel=1e-9) and 0.01 < p < 0.5
+    assert 0 < chance_tail([1.0] * 300 + [0.0] * 800, 0.1) < 1e-50  # far above chance: a tiny p, not an error
 
 
 def test_chance_tail_is_the_binomial_tail():
@@ -242,3 +272,97 @@ def test_real_recipes_load_and_every_stage_config_accepts_their_overrides(recipe
 def test_evaluate_rejects_an_unknown_chain_draw_from_before_loading_anything():
     with pytest.raises(ConfigError, match="chain_draw_from"):
         evaluate(RealEvalConfig(corpus="/nonexistent", chain_draw_from="clip"))
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("per_direction", 0, "per_direction: expected at least 1"),
+        ("ranked_per_direction", -1, "ranked_per_direction: expected 0"),
+        ("references", ["random", "blind"], r"references: \['blind'\] unknown; expected a list of \['random'\]"),
+    ],
+)
+def test_evaluate_rejects_a_key_it_would_act_on_wrongly_before_loading_anything(key, value, expected):
+    """per_direction 0 dropped every task but the ranked two; a reference row it has no code for was left out.
+    The corpus does not exist: a check after reading it (or the model) would fail with another error."""
+    with pytest.raises(ConfigError, match=expected):
+        evaluate(RealEvalConfig(corpus="/nonexistent", **{key: value}))
+
+
+def test_evaluate_accepts_no_references_and_the_random_row():
+    for references in ([], ["random"]):
+        with pytest.raises(FileNotFoundError, match="sft.eval.jsonl"):  # past the checks, at the corpus
+            evaluate(RealEvalConfig(corpus="/nonexistent", references=references))
+
+
+def test_evaluate_finds_a_constant_answer_not_above_chance_on_unbalanced_labels(tmp_path, monkeypatch):
+    """The d1 case: a model that always draws a zero scores 14 of 60 where 14 of the 60 asked for a zero. Against
+    a flat 10% that was p 0.002, "clearly above chance"; against the best constant guess it is what chance does."""
+    lines = [{"messages": [{"role": "user", "text": f"draw a {label}"}, {"role": "assistant", "text": label}],
+              "meta": {"task": "text2digit_image", "kind": "digit_image", "label": label}}
+             for label in UNBALANCED]  # fmt: skip
+    (tmp_path / "sft.eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    always_zero = [float(label == "zero") for label in UNBALANCED]
+    assert chance_tail(always_zero, 0.1) < 0.01  # what the flat 10% made of it
+
+    def score_model(session, items, scorers, text_tokens, words_only=False):
+        said = [{"task": it.task, "label": it.meta["label"], "scored_as": "zero"} for it in items]
+        return [float(it.meta["label"] == "zero") for it in items], said, [None] * len(items)
+
+    no_reference = lambda session, items, scorers: {row: [None] * len(items) for row in ("specialist", "tokenizer")}
+    monkeypatch.setattr(real, "SamplingSession", lambda cfg: SimpleNamespace(codec=SimpleNamespace(media={})))
+    monkeypatch.setattr(real, "fitting_items", lambda session, items, text_tokens: (items, {}))
+    monkeypatch.setattr(real, "load_or_train", lambda *args: (None, {}))
+    monkeypatch.setattr(real, "score_model", score_model)
+    monkeypatch.setattr(real, "reference_scores", no_reference)
+    monkeypatch.setattr(real, "write_gallery", lambda *args: {"sheets": {}, "errors": []})
+    cfg = RealEvalConfig(corpus=str(tmp_path), per_direction=60, references=[], out=str(tmp_path / "eval"))
+    table = evaluate(cfg)["table"]
+    assert table["trained"]["text2digit_image"]["main"] == pytest.approx(14 / 60)
+    assert table["chance"]["text2digit_image"]["main"] == pytest.approx(14 / 60)
+    assert table["trained"]["text2digit_image"]["p_chance"] > 0.4
+
+
+class ToneScorer:
+    """Reads a clip as the frequency of its strongest bin, assuming AUDIO_RATE (as the real scorers assume 16 kHz)."""
+
+    def predict(self, media: list) -> list[str]:
+        (wave,) = media
+        assert np.asarray(wave).ndim == 1
+        return [f"{np.fft.rfftfreq(len(wave), 1 / AUDIO_RATE)[np.abs(np.fft.rfft(wave)).argmax()]:.0f}"]
+
+
+def tone(hz: float, rate: int, seconds: float = 1.0) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+class Codec24k:
+    """An audio tokenizer decoding at 24 kHz (EnCodec's rate) whatever it is given: a 440 Hz tone."""
+
+    kind, sample_rate = "fake", 24000
+
+    def encode(self, media):
+        return np.zeros((1, 4), np.int64)
+
+    def decode(self, codes):
+        return tone(440, self.sample_rate)
+
+
+def test_generated_audio_is_resampled_from_the_codecs_rate_before_it_is_scored(monkeypatch):
+    """Fed as it is, the 24 kHz tone reads as 293 Hz at the scorer's 16 kHz; resampled, as the 440 Hz asked."""
+    assert ToneScorer().predict([tone(440, 24000)]) == ["293"]  # what the harness scored before
+    session = SimpleNamespace(codec=SimpleNamespace(media={"audio": Codec24k()}))
+    monkeypatch.setattr(real, "generated_answers", lambda s, items, *args: [("", tone(440, 24000)) for _ in items])
+    item = Item("text2digit_speech", "digit_speech", [Segment("text", text="say 440", role="user")], {"label": "440"})
+    scores, said, made = score_model(session, [item], {"digit_speech": ToneScorer()}, 8)
+    assert scores == [1.0] and said[0]["scored_as"] == "440"
+    assert len(made[0]) == 24000  # the gallery writes the decode at the codec's rate
+
+
+def test_the_tokenizer_round_trip_is_resampled_from_the_codecs_rate_before_it_is_scored(tmp_path):
+    path = write_audio(tmp_path / "real.wav", tone(440, AUDIO_RATE), AUDIO_RATE)
+    item = Item("text2digit_speech", "digit_speech", [Segment("text", text="say 440", role="user")],
+                {"label": "440"}, [Segment("audio", media=str(path), role="assistant")])  # fmt: skip
+    session = SimpleNamespace(codec=SimpleNamespace(media={"audio": Codec24k()}))
+    rows = reference_scores(session, [item], {"digit_speech": ToneScorer()})
+    assert rows == {"specialist": [1.0], "tokenizer": [1.0]}
