@@ -346,22 +346,32 @@ class Recipe:
         ok = sum(r["error"] is None for r in manifest["rows"])
         return f"{ok}/{len(prompts)} prompts rendered -> {self.out / 'samples' / 'index.html'}"
 
-    def eval(self) -> str:
+    def eval_config(self):
+        """The eval step's config (the world's), with `eval_overrides`; the real table's keys checked."""
         sample = self._sample_config()
         sample.batch_size = 16
         if self.cfg.world == "real":
-            from omniseq.eval.real import RealEvalConfig, evaluate, format_table
+            from omniseq.eval.real import RealEvalConfig, check_config
 
             cfg = RealEvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
                                  scorers=str(self.out / "scorers"), out=str(self.out / "eval"), seed=self.cfg.seed,
                                  sample=sample, **({"data": self.cfg.data} if self.cfg.data else {}))  # fmt: skip
-        else:
-            from omniseq.eval.harness import EvalConfig, evaluate, format_table
+            cfg = load_config(cfg, None, self.cfg.eval_overrides)
+            check_config(cfg)
+            return cfg
+        from omniseq.eval.harness import EvalConfig
 
-            cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
-                             out=str(self.out / "eval"), sample=sample,
-                             perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
-        cfg = load_config(cfg, None, self.cfg.eval_overrides)
+        cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
+                         out=str(self.out / "eval"), sample=sample,
+                         perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
+        return load_config(cfg, None, self.cfg.eval_overrides)
+
+    def eval(self) -> str:
+        if self.cfg.world == "real":
+            from omniseq.eval.real import evaluate, format_table
+        else:
+            from omniseq.eval.harness import evaluate, format_table
+        cfg = self.eval_config()
         results = evaluate(cfg)
         print(format_table(results))
         return f"table -> {Path(cfg.out).resolve() / 'results.md'}"
@@ -467,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.train_minutes < 0:
         raise ConfigError(f"train_minutes: expected >= 0 (0 = no budget), got {cfg.train_minutes}")
     recipe, done = Recipe(cfg), Path(cfg.out) / ".done"
+    recipe.eval_config()  # its keys checked now, not after an hour of training
     done.mkdir(parents=True, exist_ok=True)
     if args.redo:
         for s in STEPS[STEPS.index(args.redo) :]:

@@ -210,3 +210,21 @@ def test_reproducible_runs_in_two_folders_train_the_same_weights(tmp_path):
     for f in ("tokenizers/image/weights.safetensors", "tokenizers/audio/weights.safetensors",
               "vocab/manifest.json", "stage1/export/model.safetensors"):  # fmt: skip
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+
+
+@pytest.mark.parametrize(
+    "recipe, override, match",
+    [
+        ("configs/recipes/real_small_cpu.yaml", "eval_per_direction=0", "per_direction: expected at least 1"),
+        ("configs/recipes/real_small_cpu.yaml", "eval_overrides=[references=[blind]]", "references"),
+        (None, "eval_overrides=[per_directoin=3]", "per_directoin"),
+    ],
+)
+def test_bad_eval_keys_are_refused_before_the_first_step(tmp_path, recipe, override, match):
+    from omniseq.config import ConfigError
+    from omniseq.recipe import main
+
+    args = [*(["--config", str(REPO / recipe)] if recipe else []), "--out", str(tmp_path / "run"), override]
+    with pytest.raises(ConfigError, match=match):
+        main(args)
+    assert not (tmp_path / "run" / "corpus").exists()  # nothing ran
