@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from omniseq.data.cond_dropout import CondDropout
 from omniseq.data.mixer import TokenMixer
 from omniseq.data.packer import LONG_DOCS, Packer, Pending, assemble, fit_document
-from omniseq.data.shardset import DataError, read_manifest
+from omniseq.data.shardset import DataError, manifest_fingerprint, read_manifest
 from omniseq.data.source import SourceStream
 from omniseq.vocab import VocabLayout
 
@@ -253,7 +253,21 @@ class TrainStream:
                 f"options.long_docs must be one of {LONG_DOCS} and on_error raise|skip, "
                 f"got {self.opt.long_docs!r} and {self.opt.on_error!r}"
             )
+        if not isinstance(seed, int) or seed < 0:  # numpy's generators refuse negative seeds, deep in a worker
+            raise DataError(f"seed: {seed!r}, expected an integer >= 0")
+        if not isinstance(self.opt.shuffle_shards, int) or self.opt.shuffle_shards < 1:
+            raise DataError(
+                f"options.shuffle_shards: {self.opt.shuffle_shards!r}, expected an integer >= 1 (shards read and "
+                "permuted together)"
+            )
         self.sources = [SourceConfig(s.path, s.share, s.name or s.path.rstrip("/").rsplit("/", 1)[-1]) for s in sources]
+        first: dict[str, int] = {}  # name -> index of the first source with it
+        for j, s in enumerate(self.sources):
+            if (i := first.setdefault(s.name, j)) != j:  # the stats' shares are keyed by name: one would hide the other
+                raise DataError(
+                    f"sources[{i}] ({self.sources[i].path}) and sources[{j}] ({s.path}) are both named {s.name!r} "
+                    "(a source's default name is its folder's): give each a distinct `name:`"
+                )
         self.manifests = [read_manifest(s.path, layout) for s in self.sources]  # vocab hash checked here
         self.layout, self.seq_len, self.batch_size = layout, seq_len, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -291,6 +305,10 @@ class TrainStream:
             collate_fn=_identity,
             prefetch_factor=self.opt.prefetch,
             multiprocessing_context="fork",
+            # The workers' base seed from a generator of its own: drawn from torch's global one, it shifted
+            # every later CPU dropout mask of a resumed run (a resume draws it again after restoring the RNG).
+            # The streams draw from their own seeded generators, not from these worker seeds.
+            generator=torch.Generator().manual_seed(0),
         )
         for batch, logical, state in loader:
             self.worker_states[logical] = state
@@ -311,10 +329,16 @@ class TrainStream:
             "cond_dropout": self.opt.cond_dropout,
         }
 
+    def fingerprints(self) -> list[str]:
+        """Each source's build: a shard set rebuilt at the same path (another seed, samples_per_shard, corpus)
+        holds other documents at the same positions."""
+        return [manifest_fingerprint(m) for m in self.manifests]
+
     def state_dict(self) -> dict:
         return {
             "format": STATE_FORMAT,
             **self.settings(),
+            "fingerprints": self.fingerprints(),
             "next_worker": self.next_worker,
             "workers": {str(k): v for k, v in self.worker_states.items()},
         }
@@ -331,6 +355,15 @@ class TrainStream:
                 f"data stream state was saved with other settings ({'; '.join(diff)}); resuming needs the same "
                 f"{', '.join(self.settings())}: change them only when starting the data stream afresh"
             )
+        # a state saved before fingerprints were recorded has none: it loads, unchecked, as it did then
+        for s, saved, now in zip(self.sources, state.get("fingerprints") or [], self.fingerprints()):
+            if saved != now:
+                raise DataError(
+                    f"data stream state was saved over another build of source {s.name!r} ({s.path}): its "
+                    f"manifest.json changed since (fingerprint saved {saved}, now {now}; rebuilt with another seed, "
+                    "samples_per_shard, corpus or vocabulary?), so the saved positions mean other documents; resume "
+                    "over the shard set the state was saved with, or start the data stream afresh"
+                )
         self.worker_states = {int(k): v for k, v in state["workers"].items()}
         self.next_worker = int(state["next_worker"])
 

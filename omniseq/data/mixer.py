@@ -19,6 +19,8 @@ class TokenMixer:
         names = names or [f"source {i}" for i in range(len(shares))]
         if not len(shares_arr):
             raise ValueError("the mixer needs at least one source")
+        if len(set(names)) != len(names):  # shares() is keyed by name
+            raise ValueError(f"source names must be distinct, got {names}")
         bad = [n for n, s in zip(names, shares_arr) if not s > 0]
         if bad:
             raise ValueError(f"token shares must be positive; {bad[0]} has {shares_arr[names.index(bad[0])]}")

@@ -5,7 +5,7 @@
 Every non-empty corpus line gets a place in one global order (shuffled with `seed` when `shuffle`),
 and shard k holds the documents of lines [k*S, (k+1)*S) of that order, S = `samples_per_shard`.
 A shard is therefore a pure function of its slice, which gives the three properties we need:
-  - parallel: one worker process builds one shard at a time (multiprocessing, fork);
+  - parallel: one worker process builds one shard at a time (ProcessPoolExecutor, fork);
   - resumable: a shard is written to `.tar.tmp`, renamed when complete, then its `.stats.json` is
     written; on restart, shards with both files are kept and the rest rebuilt from scratch, so no
     sample is written twice and none is lost;
@@ -17,13 +17,18 @@ written; the counts and the first examples go to manifest.json and to the end-of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
 import random
 import signal
 import sys
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +56,7 @@ from omniseq.tokenizers.text import TextTokenizer
 from omniseq.vocab import MODALITIES, VocabLayout, canonical_json
 
 MAX_EXAMPLES = 20  # skip examples kept for the report
+BAD_RECORD_POLICIES = ("skip", "raise")
 
 
 @dataclass
@@ -101,6 +107,10 @@ def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int, int]]]:
         raise DataError("config field 'corpora' is empty: list at least one corpus")
     if cfg.samples_per_shard <= 0:
         raise DataError(f"samples_per_shard must be positive, got {cfg.samples_per_shard}")
+    if cfg.on_bad_record not in BAD_RECORD_POLICIES:  # a typo ("Raise") must not quietly mean skip
+        raise DataError(f"on_bad_record: {cfg.on_bad_record!r}, expected one of {BAD_RECORD_POLICIES}")
+    if not 0 <= cfg.pair.p_x_to_text <= 1:
+        raise DataError(f"pair.p_x_to_text: {cfg.pair.p_x_to_text!r}, expected a probability in [0, 1]")
     lines = []
     for ci, c in enumerate(cfg.corpora):
         if c.format not in FORMATS:
@@ -108,6 +118,8 @@ def plan(cfg: ShardConfig) -> list[list[tuple[int, int, int, int]]]:
         if not isinstance(c.repeat, int) or c.repeat < 1:
             raise DataError(f"corpora[{ci}].repeat: expected an integer >= 1 (copies of each line), got {c.repeat!r}")
         index = line_index(c.path)
+        if not index:  # a wrong or unfinished file: building would end "0 samples" and look like success
+            raise DataError(f"corpora[{ci}].path: {c.path} holds no records (the file is empty or every line is blank)")
         lines += [(ci, lineno, off, copy) for copy in range(c.repeat) for lineno, off in index]
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(lines)
@@ -180,7 +192,7 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]
                 try:
                     seq = codec.encode(rec.segments)
                 except MediaError as e:
-                    skip("bad_media", f"{where}: {e}")
+                    skip("missing_media" if _missing(e) else "bad_media", f"{where}: {e}")
                     continue
                 except FileNotFoundError as e:
                     skip("missing_media", f"{where}: {e}")
@@ -203,16 +215,61 @@ def build_shard(cfg: ShardConfig, k: int, items: list[tuple[int, int, int, int]]
     return stats
 
 
+def _missing(e: MediaError) -> bool:
+    """Whether a tokenizer's error is about a media file that does not exist. The built-in tokenizers raise
+    MediaError("... file not found") for it, like any unreadable file; the report keeps the two apart because
+    they need different fixes (paths vs files). Names in <...> are not paths (<bytes>, <array>)."""
+    src = e.source
+    return isinstance(src, (str, Path)) and not str(src).startswith("<") and not Path(src).exists()
+
+
 def _init_worker(workers: int) -> None:
     # each process gets its share of the cores: N workers x all-core torch pools would oversubscribe
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     # a forked worker inherits the parent's handlers: one that catches SIGTERM (a trainer's checkpoint-and-
-    # exit handler) would make Pool.terminate() wait forever
+    # exit handler) would keep an error from stopping the workers (_build_parallel terminates them)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _build_job(job) -> dict:
-    return build_shard(*job)
+    return build_shard(*job)  # looked up at call time: a test may wrap build_shard before the workers fork
+
+
+def _build_parallel(todo: list[tuple], workers: int) -> Iterator[dict]:
+    """The stats of each shard of `todo` as it is finished by one of `workers` forked processes.
+
+    A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (the OOM killer's SIGKILL), a Pool
+    starts a new one and waits forever for the shard the dead one was building, while the executor fails that
+    shard with BrokenProcessPool. No more shards than workers are submitted at a time, so the shards in flight,
+    which the error names, are the ones being built."""
+    # fork: workers inherit the loaded codec and any tokenizer kinds registered at run time
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=(workers,))
+    jobs = iter(todo)
+    running: dict[Future, int] = {}  # shard in flight -> its number
+    try:
+        while True:
+            for job in itertools.islice(jobs, workers - len(running)):
+                running[ex.submit(_build_job, job)] = job[1]
+            if not running:
+                return
+            for f in wait(running, return_when=FIRST_COMPLETED).done:
+                try:
+                    stats = f.result()
+                except BrokenProcessPool:
+                    lost = sorted(k for g, k in running.items() if not g.done() or g.exception() is not None)
+                    raise DataError(
+                        f"a worker process died while building shard {' or '.join(map(str, lost))} (killed? out of "
+                        "memory?): the shards finished so far are kept; rerun the same command to build the rest "
+                        "(fewer `workers` need less memory)"
+                    ) from None
+                del running[f]
+                yield stats
+    except BaseException:  # an error here or in the caller (GeneratorExit): stop the running shards now
+        for p in list((ex._processes or {}).values()):  # no public way before Python 3.14's terminate_workers()
+            p.terminate()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _done_stats(cfg: ShardConfig, k: int, chash: str) -> dict | None:
@@ -241,29 +298,25 @@ def build_shards(cfg: ShardConfig, progress: bool = True) -> dict:
     bar = tqdm(total=len(slices), initial=len(stats), desc=f"shards {cfg.name}", unit="shard", disable=not progress)
     skipped = sum(sum(s["skipped"].values()) for s in stats.values())
     if cfg.workers > 1 and len(todo) > 1:
-        # fork: workers inherit the loaded codec and any tokenizer kinds registered at run time
-        n = min(cfg.workers, len(todo))
-        pool = mp.get_context("fork").Pool(n, initializer=_init_worker, initargs=(n,))
-        results = pool.imap_unordered(_build_job, todo)
+        results = _build_parallel(todo, min(cfg.workers, len(todo)))
     else:
-        pool, results = None, map(_build_job, todo)
+        results = (_build_job(job) for job in todo)
     try:
-        for s in results:
-            stats[int(s["file"].rsplit("-", 1)[1].split(".")[0])] = s
-            skipped += sum(s["skipped"].values())
-            if skipped > cfg.max_skipped:
-                examples = [e for st in stats.values() for e in st["examples"]][:3]
-                raise DataError(f"more than max_skipped={cfg.max_skipped} skipped documents; first: {examples}")
-            bar.update(1)
-            bar.set_postfix(skipped=skipped)
+        with contextlib.closing(results):  # an error below ends the workers, not only this loop
+            for s in results:
+                stats[int(s["file"].rsplit("-", 1)[1].split(".")[0])] = s
+                skipped += sum(s["skipped"].values())
+                if skipped > cfg.max_skipped:
+                    examples = [e for st in stats.values() for e in st["examples"]][:3]
+                    raise DataError(f"more than max_skipped={cfg.max_skipped} skipped documents; first: {examples}")
+                bar.update(1)
+                bar.set_postfix(skipped=skipped)
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-    return write_manifest(cfg, layout, [stats[k] for k in range(len(slices))])
+    return write_manifest(cfg, layout, [stats[k] for k in range(len(slices))], chash)
 
 
-def write_manifest(cfg: ShardConfig, layout: VocabLayout, shard_stats: list[dict]) -> dict:
+def write_manifest(cfg: ShardConfig, layout: VocabLayout, shard_stats: list[dict], chash: str) -> dict:
     tokens = {m: sum(s["tokens"][m] for s in shard_stats) for m in MODALITIES}
     skipped: dict[str, int] = {}
     for s in shard_stats:
@@ -273,6 +326,7 @@ def write_manifest(cfg: ShardConfig, layout: VocabLayout, shard_stats: list[dict
         "format": SHARDSET_FORMAT,
         "name": cfg.name,
         "vocab_hash": layout.hash,
+        "config_hash": chash,  # the build's (config_hash): a stream state saved over another build is refused
         "samples": sum(s["samples"] for s in shard_stats),
         "tokens": {**tokens, "total": sum(tokens.values())},
         "shards": [{k: s[k] for k in ("file", "samples", "tokens")} for s in shard_stats],

@@ -2,7 +2,7 @@
 
 A shard set is a folder:
 
-    manifest.json            format, vocab_hash, per-shard and total counts, skips, the resolved config
+    manifest.json            format, vocab_hash, config_hash, per-shard and total counts, skips, the resolved config
     name-000000.tar          WebDataset tar: per document `<key>.tokens.npy` (int32 [n]),
     name-000000.stats.json   `<key>.spans.npy` (int32 [s, 3]: start, end, MODALITY_ID),
     ...                      optional `<key>.loss.npy` (uint8 [n]), `<key>.json` (where it came from)
@@ -13,6 +13,7 @@ target (plain pretraining documents), which keeps the common case one member sma
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -26,7 +27,7 @@ import webdataset as wds
 from webdataset.tariterators import tar_file_iterator
 
 from omniseq.document import TokenSequence
-from omniseq.vocab import VocabLayout
+from omniseq.vocab import VocabLayout, canonical_json
 
 SHARDSET_FORMAT = "omniseq-shards/1"
 MANIFEST = "manifest.json"
@@ -236,6 +237,36 @@ def read_manifest(directory: str | Path, layout: VocabLayout | None = None) -> d
     for field in ("vocab_hash", "shards"):
         if field not in m:
             raise DataError(f"{path}: field {field!r} is missing")
+    _check_shard_entries(m["shards"], path)
     if layout is not None:
         layout.check_hash(m["vocab_hash"], f"shard set {directory}")
     return m
+
+
+def _check_shard_entries(shards, path: Path) -> None:
+    """The loader finds each shard's samples by these two fields: a bad entry would otherwise surface later as a
+    bare KeyError or TypeError far from the manifest."""
+    if not isinstance(shards, list):
+        raise DataError(f"{path}: field 'shards': expected a list of {{file, samples}} objects, got {shards!r:.80}")
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict):
+            raise DataError(f"{path}: shards[{i}]: expected an object with 'file' and 'samples', got {s!r:.80}")
+        missing = [f for f in ("file", "samples") if f not in s]
+        if missing:
+            raise DataError(f"{path}: shards[{i}].{missing[0]} is missing (each shard needs 'file' and 'samples')")
+        file, samples = s["file"], s["samples"]
+        if not isinstance(file, str) or not file:
+            raise DataError(f"{path}: shards[{i}].file: expected a tar file name, got {file!r}")
+        if type(samples) is not int or samples < 0:  # not isinstance: true is an int too
+            raise DataError(f"{path}: shards[{i}].samples: expected an integer >= 0, got {samples!r}")
+
+
+def manifest_fingerprint(m: dict) -> str:
+    """What decides which document sits at each sample number of a shard set: its shards' files and sample counts,
+    its vocabulary and its build (`config_hash`: config and corpus contents; a manifest written before the field
+    existed has its resolved config instead). A stream state saved over one build means other documents in
+    another."""
+    unused = ("workers", "out", "max_skipped")  # as in the builder's config_hash
+    build = m.get("config_hash") or {k: v for k, v in m.get("config", {}).items() if k not in unused}
+    d = {"shards": [[s["file"], s["samples"]] for s in m["shards"]], "vocab_hash": m["vocab_hash"], "build": build}
+    return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:16]

@@ -57,7 +57,8 @@ class SourceStream:
     ):
         self.dir = Path(directory)
         self.index, self.stream, self.seed = index, stream, seed
-        self.shuffle_shards, self.vocab_size, self.on_error = max(1, shuffle_shards), vocab_size, on_error
+        # shuffle_shards >= 1 and the seed >= 0 are checked where the config is read (TrainStream)
+        self.shuffle_shards, self.vocab_size, self.on_error = shuffle_shards, vocab_size, on_error
         shards = manifest["shards"]
         self.files = [str(self.dir / s["file"]) for s in shards]
         self.counts = [int(s["samples"]) for s in shards]

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import re
+import shutil
 import signal
 import tarfile
 from dataclasses import replace
@@ -18,6 +19,7 @@ import torch
 
 from omniseq.data.corpus import CorpusConfig
 from omniseq.data.loader import LoaderOptions, SourceConfig, build_train_stream
+from omniseq.data.mixer import TokenMixer
 from omniseq.data.shards import build_shards
 from omniseq.data.shardset import DataError, ShardError, decode_sample, iter_shard, read_manifest
 from omniseq.data.source import split
@@ -318,3 +320,78 @@ def test_resume_with_other_stream_settings_is_refused_naming_the_field(shard_env
     make().load_state_dict(state)  # the same settings resume
     with pytest.raises(DataError, match=re.escape(field)):
         make(**change).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "rebuild",
+    [dict(seed=99), dict(samples_per_shard=5)],  # another seed keeps every shard's size: only the documents move
+)
+def test_resume_over_a_rebuilt_shard_set_is_refused_naming_the_source(shard_env, rebuild):
+    cfg, layout = shard_env
+    text = replace(cfg, corpora=cfg.corpora[3:4], out=str(Path(cfg.out).parent / "text"))
+    build_shards(text, progress=False)
+    make = lambda: build_train_stream([SourceConfig(text.out, name="txt")], 32, 2, 0, 1, seed=0, layout=layout)  # noqa: E731
+    first = make()
+    take(first, 3)
+    state = json.loads(json.dumps(first.state_dict()))
+    shutil.rmtree(text.out)
+    build_shards(text, progress=False)
+    make().load_state_dict(state)  # the same build again: the same documents at the same positions
+    shutil.rmtree(text.out)
+    build_shards(replace(text, **rebuild), progress=False)
+    with pytest.raises(DataError, match=r"saved over another build of source 'txt' \(.*/text\): its manifest.json"):
+        make().load_state_dict(state)
+    del state["fingerprints"]  # a state saved before fingerprints were recorded still loads
+    make().load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "seed, options, match",
+    [
+        (-1, {}, "seed: -1, expected an integer >= 0"),
+        (0, dict(shuffle_shards=0), "options.shuffle_shards: 0, expected an integer >= 1"),
+        (0, dict(shuffle_shards=-2), "options.shuffle_shards: -2, expected an integer >= 1"),
+    ],
+)
+def test_bad_stream_settings_are_refused_naming_the_key_and_the_value(shard_env, seed, options, match):
+    cfg, layout = shard_env
+    out = build(cfg, "text", slice(3, 4))
+    with pytest.raises(DataError, match=re.escape(match)):
+        build_train_stream([SourceConfig(out)], 32, 2, 0, 1, seed=seed, layout=layout, options=LoaderOptions(**options))
+
+
+def test_two_sources_with_the_same_folder_name_are_refused_until_named(shard_env, tmp_path):
+    cfg, layout = shard_env
+    a, b = str(tmp_path / "A" / "shards"), str(tmp_path / "B" / "shards")
+    build_shards(replace(cfg, corpora=cfg.corpora[3:4], out=a), progress=False)
+    build_shards(replace(cfg, corpora=cfg.corpora[1:2], out=b), progress=False)
+    with pytest.raises(DataError, match=r"sources\[0\] \(.*A/shards\) and sources\[1\] \(.*B/shards\) are both named"):
+        build_train_stream([SourceConfig(a, 0.7), SourceConfig(b, 0.3)], 64, 4, 0, 1, seed=0, layout=layout)
+    named = [SourceConfig(a, 0.7, "text"), SourceConfig(b, 0.3, "media")]
+    stream = build_train_stream(named, 64, 4, 0, 1, seed=0, layout=layout)
+    take(stream, 3)
+    assert set(stream.stats()["shares"]) == {"text", "media"}
+    with pytest.raises(ValueError, match="source names must be distinct"):
+        TokenMixer([1, 1], ["shards", "shards"])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda s: s[0].pop("file"), r"shards\[0\].file is missing"),
+        (lambda s: s[1].pop("samples"), r"shards\[1\].samples is missing"),
+        (lambda s: s[1].update(samples=-1), r"shards\[1\].samples: expected an integer >= 0, got -1"),
+        (lambda s: s[0].update(samples="7"), r"shards\[0\].samples: expected an integer >= 0, got '7'"),
+        (lambda s: s[0].update(file=3), r"shards\[0\].file: expected a tar file name, got 3"),
+        (lambda s: s.__setitem__(1, "shard-000001.tar"), r"shards\[1\]: expected an object with 'file' and 'samples'"),
+    ],
+)
+def test_a_malformed_shard_entry_in_the_manifest_names_its_index_and_field(shard_env, edit, match):
+    cfg, layout = shard_env
+    out = build(cfg, "text", slice(3, 4))
+    path = Path(out) / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m["shards"])
+    path.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"manifest.json: " + match):
+        build_train_stream([SourceConfig(out)], 32, 2, 0, 1, seed=0, layout=layout)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
-from omniseq.data.corpus import CorpusConfig, CorpusError, read_corpus
+from omniseq.config import to_dict
+from omniseq.data.corpus import CorpusConfig, CorpusError, PairConfig, read_corpus
 from omniseq.data.loader import SourceConfig, build_train_stream
 from omniseq.data.shards import build_shards, load_codec, main
 from omniseq.data.shardset import DataError, decode_sample, iter_shard, read_manifest
+from omniseq.tokenizers.image import VQImageConfig, VQImageTokenizer
+from omniseq.tokenizers.image_io import ImageIOConfig
 from omniseq.vocab import VocabLayout
 
 
@@ -193,3 +202,107 @@ def test_codes_only_corpus_needs_no_media_tokenizer(shard_env):
     m = build_shards(replace(cfg, corpora=cfg.corpora[1:2], media_tokenizers={}), progress=False)
     assert m["samples"] == 24 and m["tokens"]["audio"] > 0
     assert np.isclose(sum(s["samples"] for s in m["shards"]), 24)
+
+
+def text_corpus(path: Path, n: int) -> list[CorpusConfig]:
+    path.write_text("".join(json.dumps({"text": f"the cat {i} sat on the mat"}) + "\n" for i in range(n)))
+    return [CorpusConfig(str(path), "text")]
+
+
+# Run in a child process: with the old multiprocessing.Pool this build never returned, and a test that hangs
+# would stall the whole test run instead of failing.
+KILL_A_WORKER = """
+import os, signal, sys
+from omniseq.config import load_config
+from omniseq.data import shards
+
+build = shards.build_shard
+
+def build_or_die(cfg, k, items, chash):
+    if k == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+    return build(cfg, k, items, chash)
+
+shards.build_shard = build_or_die  # the workers fork after this, so they inherit it
+try:
+    shards.build_shards(load_config(shards.ShardConfig, sys.argv[1]), progress=False)
+except shards.DataError as e:
+    sys.exit(f"DataError: {e}")
+"""
+
+
+def test_a_killed_worker_is_a_data_error_not_a_hang_and_a_rerun_finishes_the_set(shard_env, tmp_path):
+    cfg, _ = shard_env
+    cfg = replace(cfg, corpora=text_corpus(tmp_path / "t.jsonl", 40), media_tokenizers={}, samples_per_shard=5)
+    serial = replace(cfg, out=str(tmp_path / "serial"))
+    build_shards(serial, progress=False)
+    par = replace(cfg, workers=2)
+    (tmp_path / "par.yaml").write_text(yaml.safe_dump(to_dict(par)))
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_A_WORKER, str(tmp_path / "par.yaml")],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and the workers it forked
+        child.communicate()
+        pytest.fail("the build hung after a worker was killed")
+    assert child.returncode == 1, err
+    assert re.search(r"DataError: a worker process died while building shard (\d+ or )?2( or \d+)? \(killed\? out", err)
+    assert "rerun the same command to build the rest" in err
+    assert not (Path(par.out) / "shard-000002.tar").exists()
+    build_shards(par, progress=False)  # the rerun the message promises: it finishes the same set
+    assert tars(par.out) == tars(serial.out)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(on_bad_record="Raise"), "on_bad_record: 'Raise', expected one of ('skip', 'raise')"),
+        (dict(on_bad_record=""), "on_bad_record: '', expected one of ('skip', 'raise')"),
+        (dict(pair=PairConfig(p_x_to_text=1.5)), "pair.p_x_to_text: 1.5, expected a probability in [0, 1]"),
+        (dict(pair=PairConfig(p_x_to_text=-0.1)), "pair.p_x_to_text: -0.1, expected a probability in [0, 1]"),
+    ],
+)
+def test_bad_builder_settings_are_refused_naming_the_key_the_value_and_what_was_expected(shard_env, change, match):
+    cfg, _ = shard_env
+    with pytest.raises(DataError, match=re.escape(match)):
+        build_shards(replace(cfg, **change), progress=False)
+    assert not list(Path(cfg.out).glob("*.tar"))  # refused before any work
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_a_corpus_without_records_is_an_error_naming_the_file(shard_env, tmp_path, capsys, content):
+    cfg, _ = shard_env
+    (tmp_path / "empty.jsonl").write_text(content)
+    corpora = [cfg.corpora[3], CorpusConfig(str(tmp_path / "empty.jsonl"), "text")]
+    with pytest.raises(DataError, match=r"corpora\[1\].path: .*empty.jsonl holds no records"):
+        build_shards(replace(cfg, corpora=corpora), progress=False)
+    with pytest.raises(SystemExit) as e:
+        main([f"out={cfg.out}", *overrides(replace(cfg, corpora=corpora[1:]))])
+    assert e.value.code == 2 and "empty.jsonl holds no records" in capsys.readouterr().err
+
+
+def test_a_missing_image_file_counts_as_missing_media_with_a_builtin_tokenizer(shard_env, tmp_path, text_tokenizer):
+    """The built-in tokenizers report a missing file as MediaError("image file not found"), not
+    FileNotFoundError: the builder must still count it apart from unreadable files."""
+    cfg, _ = shard_env
+    tiny = dict(downsample=4, base_channels=8, channel_mult=[1, 2], embed_dim=8, codebook_size=32, codebook_dim=4)
+    tok = VQImageTokenizer(VQImageConfig(image=ImageIOConfig(size=16), **tiny))
+    tok.save(tmp_path / "tok_vq")
+    VocabLayout.build(text_tokenizer.spec(), [tok.codebook_spec()]).save(tmp_path / "vocab_vq")
+    d = tmp_path / "vq"
+    d.mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(d / "red.png")
+    (d / "broken.png").write_bytes(b"not an image")
+    rows = [("red.png", "red"), ("gone.png", "x"), ("broken.png", "y")]
+    (d / "pairs.jsonl").write_text("".join(json.dumps({"image": i, "text": t}) + "\n" for i, t in rows))
+    vq = replace(
+        cfg, corpora=[CorpusConfig(str(d / "pairs.jsonl"))], vocab=str(tmp_path / "vocab_vq"),
+        media_tokenizers={"image": str(tmp_path / "tok_vq")}, shuffle=False,
+    )  # fmt: skip
+    m = build_shards(vq, progress=False)
+    assert m["samples"] == 1 and m["skipped"] == {"missing_media": 1, "bad_media": 1}
+    assert any(e.startswith("missing_media: ") and "gone.png" in e for e in m["skipped_examples"])
