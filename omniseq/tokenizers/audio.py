@@ -31,7 +31,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from omniseq.config import ConfigError
 from omniseq.tokenizers.audio_io import AudioIOConfig, load_audio
-from omniseq.tokenizers.base import MediaTokenizer, freeze_untrained_codebooks, register_tokenizer
+from omniseq.tokenizers.base import MediaTokenizer, freeze_untrained_codebooks, load_weights, register_tokenizer
 from omniseq.vocab import FLATTENINGS, CodebookSpec
 
 if TYPE_CHECKING:  # audio_spec imports this module
@@ -51,7 +51,10 @@ class RVQCodecConfig:
     flatten: str = "layer"  # frame | layer | first: how the vocabulary flattens [L, F] codes (omniseq.vocab)
     kmeans_iters: int = 10  # k-means iterations that initialise each codebook on the first batch
     ema_decay: float = 0.99  # EMA decay of the codebook updates
-    dead_code_threshold: float = 2.0  # codes used fewer times (EMA count) are restarted from the batch
+    # passed as threshold_ema_dead_code, which vector-quantize-pytorch 1.34 turns into a ratio (this /
+    # codebook_size when >= 1, else as is; 0 = off): a code whose EMA count falls below ratio x its layer's
+    # mean EMA count is restarted from the batch. Not an absolute count: docs/tokenizers_audio.md
+    dead_code_threshold: float = 2.0
     commitment_weight: float = 1.0  # weight of the commitment loss inside ResidualVQ
     quantize_dropout: bool = True  # train on random prefixes of the layers (decode with fewer layers)
     io: AudioIOConfig = field(default_factory=AudioIOConfig)  # reading: length limit, trim, silence
@@ -327,7 +330,7 @@ class RVQAudioTokenizer(MediaTokenizer):
     def from_config(cls, config: dict, weights: dict[str, torch.Tensor] | None = None) -> RVQAudioTokenizer:
         tok = cls(codec_config_from_dict(config, cls.config_cls, cls.kind))
         if weights is not None:
-            tok.model.load_state_dict(weights)
+            load_weights(tok.model, weights)
         return tok
 
 

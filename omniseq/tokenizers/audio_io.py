@@ -60,10 +60,19 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 def to_float(samples: np.ndarray, source: object) -> np.ndarray:
     """Float samples in [-1, 1]: integer PCM (int16 from scipy.io.wavfile, int32, uint8 with its 128
-    offset) is scaled by its full range; a cast alone would clip nearly every sample to +-1."""
+    offset) is scaled by its full range; a cast alone would clip nearly every sample to +-1.
+
+    64-bit integers are refused: no PCM format stores them, and they are what numpy makes of a Python list
+    of ints or an int16 array widened by arithmetic, whose int16-range samples would be divided by 2^63 into
+    silence. The caller knows the real sample format; we cannot guess it."""
     x = np.asarray(samples)
     if x.dtype.kind == "f":
         return x.astype(np.float32, copy=False)
+    if x.dtype.kind in "iu" and x.dtype.itemsize > 4:
+        raise MediaError(
+            source,
+            f"{x.dtype} samples: pass int16 or int32 PCM (e.g. array.astype(np.int16)) or float samples in [-1, 1]",
+        )
     if x.dtype.kind == "u":
         info = np.iinfo(x.dtype)
         return ((x.astype(np.float64) - (info.max + 1) / 2) / ((info.max + 1) / 2)).astype(np.float32)
@@ -106,6 +115,8 @@ def load_audio(
         if sample_rate is None:
             raise MediaError(source, "an audio array needs its sample rate: pass (array, rate) or sample_rate=")
         data, sr = np.asarray(media), int(sample_rate)
+        if sr <= 0:
+            raise MediaError(source, f"sample rate must be > 0 Hz, got {sample_rate}")
         if data.ndim == 2 and data.shape[0] < data.shape[1] and data.shape[0] <= 8:
             data = data.T  # [C, T] (torch convention) -> [T, C]
     x = to_mono(data, source)
@@ -119,7 +130,10 @@ def load_audio(
         if cfg.on_too_long == "error":
             raise MediaError(source, f"{len(x) / sr:.2f} s is over the limit of {cfg.max_seconds} s (max_seconds)")
         x = x[:limit]
+    n = len(x)
     x = np.clip(resample(x, sr, target_rate), -1.0, 1.0)
+    if x.size == 0:  # one sample at 44.1 / 48 kHz leaves none at 16 kHz, and a codec's convs would then fail
+        raise MediaError(source, f"{n} sample(s) at {sr} Hz is too short: none is left at {target_rate} Hz")
     if cfg.min_rms > 0 and float(np.sqrt(np.mean(x**2))) < cfg.min_rms:
         raise MediaError(source, f"silent clip (RMS below min_rms={cfg.min_rms})")
     return AudioClip(x, target_rate, source)

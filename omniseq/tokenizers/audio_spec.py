@@ -67,7 +67,10 @@ class SpecCodecConfig:
     flatten: str = "layer"  # frame | layer | first: how the vocabulary flattens [L, F] codes (omniseq.vocab)
     kmeans_iters: int = 10  # k-means iterations that initialise each codebook on the first batch
     ema_decay: float = 0.99  # EMA decay of the codebook updates
-    dead_code_threshold: float = 2.0  # codes used fewer times (EMA count) are restarted from the batch
+    # passed as threshold_ema_dead_code, which vector-quantize-pytorch 1.34 turns into a ratio (this /
+    # codebook_size when >= 1, else as is; 0 = off): a code whose EMA count falls below ratio x its layer's
+    # mean EMA count is restarted from the batch. Not an absolute count: docs/tokenizers_audio.md
+    dead_code_threshold: float = 2.0
     commitment_weight: float = 1.0  # weight of the commitment loss inside ResidualVQ
     quantize_dropout: bool = True  # train on random prefixes of the layers (decode with fewer layers)
     griffin_lim_iters: int = 32  # phase-reconstruction iterations in decode

@@ -43,6 +43,28 @@ class MediaError(ValueError):
         self.source, self.reason = source, reason
 
 
+class WeightsMismatchError(ValueError):
+    """Saved weights that do not fit the model their config describes; `load_tokenizer` names both files."""
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """`model.load_state_dict(weights)`, strictly; a mismatch is a WeightsMismatchError saying what differs
+    (torch's own error lists every key, names no file and is a RuntimeError that callers do not expect)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = [
+        f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    found = (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+    problems = [f"{len(keys)} {what}: {', '.join(keys[:3])}{', ...' * (len(keys) > 3)}" for what, keys in found if keys]
+    if problems:
+        raise WeightsMismatchError("; ".join(problems))
+    model.load_state_dict(weights, strict=True)
+
+
 def register_tokenizer(cls: type[MediaTokenizer]) -> type[MediaTokenizer]:
     """Class decorator: make `cls` loadable by its `kind`."""
     if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
@@ -120,6 +142,11 @@ class MediaTokenizer(abc.ABC):
     def codebook_spec(self) -> CodebookSpec:
         """What the vocabulary layout records about this tokenizer (fingerprint included)."""
 
+    def identity_config(self) -> dict:
+        """The config as fingerprints and the vocabulary record it: `config_dict()` less where things were read
+        from (a pretrained model's `path`), since the same weights in another folder are the same tokenizer."""
+        return self.config_dict()
+
     def weights(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -171,7 +198,13 @@ def load_tokenizer(directory: str | Path, expect: type | None = None) -> MediaTo
             weights = load_file(weights_path)
         except Exception as e:  # safetensors raises its own error type, naming no file
             raise ValueError(f"{weights_path}: unreadable weights ({e}); save the tokenizer again") from None
-    tok = cls.from_config(config, weights)
+    try:
+        tok = cls.from_config(config, weights)
+    except WeightsMismatchError as e:
+        raise WeightsMismatchError(
+            f"{weights_path} does not fit the {kind!r} model that {cfg_path} describes ({e}); "
+            "expected the two files of one save()"
+        ) from None
     if weights is None and tok.weights() and cls.saves_weights(config):
         # without the file the tokenizer would be freshly initialised: its codes would mean nothing
         raise FileNotFoundError(f"{weights_path} is missing: the {kind!r} tokenizer in {d} has learned weights")

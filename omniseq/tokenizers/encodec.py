@@ -106,10 +106,13 @@ class EncodecTokenizer(MediaTokenizer):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
+    def identity_config(self) -> dict:
+        return {k: v for k, v in self.config_dict().items() if k != "path"}
+
     def fingerprint(self) -> str:
         """Weights are referenced by path, not copied on save; the fingerprint still covers their bytes."""
         if self._fingerprint is None:
-            config = {"kind": self.kind, **{k: v for k, v in self.config_dict().items() if k != "path"}}
+            config = {"kind": self.kind, **self.identity_config()}
             self._fingerprint = fingerprint(config, self.model.state_dict())
         return self._fingerprint
 
@@ -124,7 +127,7 @@ class EncodecTokenizer(MediaTokenizer):
             fingerprint=self.fingerprint(),
             # where the weights sit is left out, as from the fingerprint: the same weights in another folder
             # give the same layout (vocab hash)
-            config={k: v for k, v in self.config_dict().items() if k != "path"},
+            config=self.identity_config(),
         )
 
     @classmethod

@@ -154,9 +154,12 @@ class HFImageTokenizer(MediaTokenizer):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
+    def identity_config(self) -> dict:
+        return {k: v for k, v in self.config_dict().items() if k != "path"}
+
     def fingerprint(self) -> str:
         # Hash the model's config and weights, not the directory they were read from.
-        config = {k: v for k, v in self.config_dict().items() if k != "path"}
+        config = self.identity_config()
         volatile = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
         model_cfg = {k: v for k, v in self.model.config.to_dict().items() if k not in volatile}
         weights = self.model.state_dict()
@@ -174,7 +177,7 @@ class HFImageTokenizer(MediaTokenizer):
             fingerprint=self.fingerprint(),
             # where the weights sit is left out, as from the fingerprint: the same weights in another folder
             # give the same layout (vocab hash)
-            config={k: v for k, v in self.config_dict().items() if k != "path"},
+            config=self.identity_config(),
         )
 
     @classmethod

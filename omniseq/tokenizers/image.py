@@ -28,7 +28,13 @@ from omegaconf import OmegaConf
 from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
-from omniseq.tokenizers.base import MediaError, MediaTokenizer, freeze_untrained_codebooks, register_tokenizer
+from omniseq.tokenizers.base import (
+    MediaError,
+    MediaTokenizer,
+    freeze_untrained_codebooks,
+    load_weights,
+    register_tokenizer,
+)
 from omniseq.tokenizers.image_io import ImageIOConfig, load_image
 from omniseq.vocab import CodebookSpec
 
@@ -51,7 +57,10 @@ class VQImageConfig:
     vq_decay: float = 0.9  # vq: EMA decay of the codebook
     vq_cosine: bool = True  # vq: l2-normalised codes and latents (cosine similarity lookup)
     vq_kmeans_init: bool = True  # vq: initialise the codebook by k-means on the first batch
-    vq_dead_code_threshold: float = 1.0  # vq: codes used less than this (EMA count) are re-seeded
+    # vq: passed as threshold_ema_dead_code, which vector-quantize-pytorch 1.34 turns into a ratio (this /
+    # codebook_size when >= 1, else as is; 0 = off): a code whose EMA count falls below ratio x the codebook's
+    # mean EMA count is re-seeded from the batch. Not an absolute count: docs/tokenizers_image.md
+    vq_dead_code_threshold: float = 1.0
     fsq_levels: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4])  # fsq: levels per channel
     lfq_entropy_weight: float = 0.1  # lfq: entropy auxiliary loss weight
     commitment_weight: float = 0.25  # vq/lfq: commitment loss weight
@@ -329,5 +338,5 @@ class VQImageTokenizer(MediaTokenizer):
         cfg = VQImageConfig.from_dict(config)
         model = VQAutoencoder(cfg)
         if weights is not None:
-            model.load_state_dict(weights, strict=True)
+            load_weights(model, weights)
         return cls(cfg, model)

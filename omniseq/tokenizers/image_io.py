@@ -7,8 +7,12 @@ images and decompression bombs (an 8 KB PNG can declare 10^10 pixels) are caught
 
 Modes: palette and grayscale (+alpha) are expanded; alpha is composited on `background` (emoji and
 clipart have transparent backgrounds; composing keeps edges instead of the arbitrary RGB that
-transparent pixels hold); CMYK JPEGs go through Pillow's conversion; 16-bit and float images
-("I;16", "I", "F") are scaled to 8 bits by their full range.
+transparent pixels hold); CMYK JPEGs go through Pillow's conversion; 16-bit and 32-bit images
+("I;16", "I") are scaled to 8 bits by their full range. Float images ("F") hold [0, 1] or [0, 255] by
+convention: one whose maximum is <= 1 is scaled by 255 (else it would come out black), others are taken
+as 0-255 like "I" (a 0-255 image darker than 1/255 everywhere would be brightened: there is no telling).
+Arrays [H, W, 4] are RGBA and composited on `background` as files are, so a picture gives the same pixels
+whichever way it comes.
 """
 
 from __future__ import annotations
@@ -84,7 +88,12 @@ def to_rgb(img: Image.Image, background: tuple[int, ...] | list[int] = (255, 255
         raise MediaError(name, f"zero-size image ({img.width}x{img.height})")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        if not np.isfinite(a).all():
+            raise MediaError(name, f"mode {img.mode} image with NaN or infinite pixels")
+        if img.mode == "F" and a.max() <= 1.0:
+            hi = 1.0  # a float image in [0, 1] (TIFFs from scientific and ML tools)
+        else:
+            hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(a, mode="L")
     if img.mode == "P":
@@ -97,12 +106,15 @@ def to_rgb(img: Image.Image, background: tuple[int, ...] | list[int] = (255, 255
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def array_to_rgb(a: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """uint8/uint16/bool arrays [H, W], [H, W, 1|3|4] -> RGB uint8 [H, W, 3] (alpha is dropped)."""
+def array_to_rgb(
+    a: np.ndarray, name: str = "<array>", background: tuple[int, ...] | list[int] = (255, 255, 255)
+) -> np.ndarray:
+    """uint8/uint16/bool arrays [H, W], [H, W, 1|3|4] -> RGB uint8 [H, W, 3]; alpha is composited on
+    `background` exactly as for an RGBA file (through the same Pillow call), so both give the same pixels."""
     a = np.asarray(a)
-    if a.ndim == 3 and a.shape[-1] in (1, 3, 4):
-        a = a[..., :3] if a.shape[-1] != 1 else a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
         raise MediaError(name, f"expected an image array [H, W] or [H, W, 1|3|4], got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise MediaError(name, f"zero-size image array, shape {a.shape}")
@@ -114,6 +126,8 @@ def array_to_rgb(a: np.ndarray, name: str = "<array>") -> np.ndarray:
         raise MediaError(name, f"expected a uint8, uint16 or bool image array, got dtype {a.dtype}")
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
+    if a.shape[-1] == 4:
+        return to_rgb(Image.fromarray(np.ascontiguousarray(a)), background, name)  # [H, W, 4] uint8: RGBA
     return np.ascontiguousarray(a)
 
 
@@ -146,7 +160,7 @@ def load_image(source: Any, cfg: ImageIOConfig | None = None) -> np.ndarray:
             raise MediaError(_name(source), f"corrupt or truncated image: {e}") from None
         rgb = to_rgb(source, cfg.background)
     elif isinstance(source, np.ndarray):
-        rgb = array_to_rgb(source)
+        rgb = array_to_rgb(source, background=cfg.background)
         if rgb.shape[0] * rgb.shape[1] > cfg.max_pixels:
             raise MediaError("<array>", f"{rgb.shape[1]}x{rgb.shape[0]} pixels exceeds max_pixels={cfg.max_pixels}")
     else:

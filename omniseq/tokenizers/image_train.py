@@ -36,7 +36,7 @@ class ImageTrainConfig:
     tokenizer: VQImageConfig = field(default_factory=VQImageConfig)  # the model being trained
     sources: list[str] = field(default_factory=list)  # image folders or `file.npz[:key]` (key default images)
     max_per_source: int = 0  # keep at most this many images of each source (0 = all)
-    holdout: int = 128  # images of the first source held out for evaluation
+    holdout: int = 128  # images of the first source held out for evaluation (>= 1: metrics.json needs them)
     on_bad_image: str = "skip"  # skip | raise: unreadable files in image folders
     out: str = "runs/tokenizers/image"  # checkpoint, tokenizer, metrics and the reconstruction grid
     steps: int = 2000  # optimizer steps (training also stops after max_minutes)
@@ -54,11 +54,18 @@ class ImageTrainConfig:
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda: where the training loop runs
     grid_images: int = 16  # originals/reconstructions in recon.png
 
+    def __post_init__(self):
+        # checked before any training: with nothing held out the run would train, then fail to evaluate and
+        # lose everything it learnt before saving the tokenizer
+        if self.holdout < 1:
+            raise ValueError(f"holdout must be >= 1 (images held out for psnr_db and usage), got {self.holdout}")
+
 
 def read_source(spec: str, cfg: ImageTrainConfig, skipped: list[str]) -> np.ndarray:
     """`folder` or `file.npz[:key]` -> uint8 (N, S, S, 3) at the tokenizer's image size."""
     io_cfg = cfg.tokenizer.image
-    path, _, key = spec.partition(":") if ".npz:" in spec else (spec, "", "")
+    # the last colon: a folder name may hold one (`runs/a:b/x.npz:images`), an array key does not
+    path, _, key = spec.rpartition(":") if ".npz:" in spec else (spec, "", "")
     p = Path(path)
     if p.suffix == ".npz":
         if not p.is_file():
@@ -70,7 +77,8 @@ def read_source(spec: str, cfg: ImageTrainConfig, skipped: list[str]) -> np.ndar
             arr = z[key]
         if cfg.max_per_source:
             arr = arr[: cfg.max_per_source]
-        return np.stack([fit(array_to_rgb(a, f"{p}[{i}]"), io_cfg.size, io_cfg.resize) for i, a in enumerate(arr)])
+        rgb = (array_to_rgb(a, f"{p}[{i}]", io_cfg.background) for i, a in enumerate(arr))
+        return np.stack([fit(x, io_cfg.size, io_cfg.resize) for x in rgb])
     if not p.is_dir():
         raise FileNotFoundError(f"training source not found (expected a folder or an .npz): {p}")
     out = []
@@ -162,9 +170,12 @@ def train(cfg: ImageTrainConfig) -> dict:
     # not a tokenizer yet: k-means init needs real batches
     model = VQAutoencoder(cfg.tokenizer).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    # seconds_before: training time of earlier runs (from the checkpoint), so that a resumed run keeps to
-    # max_minutes and its learning-rate schedule where they were, as the audio trainer does
-    step, rng, seconds_before = 0, np.random.default_rng(cfg.seed), 0.0
+    # seconds_before / cpu_before: training time of earlier runs (from the checkpoint), so that a resumed run
+    # keeps to max_minutes and its learning-rate schedule where they were, as the audio trainer does; the
+    # first loss and the loss EMA carry on too, so metrics.json describes the whole run, not its last part
+    step, rng, seconds_before, cpu_before = 0, np.random.default_rng(cfg.seed), 0.0, 0.0
+    first_loss: float | None = None
+    loss_ema: float | None = None
     ckpt = out / "ckpt.pt"
     if cfg.resume and ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -172,16 +183,21 @@ def train(cfg: ImageTrainConfig) -> dict:
         opt.load_state_dict(state["optimizer"])
         step, rng.bit_generator.state = state["step"], state["rng"]
         seconds_before = state.get("train_seconds", 0.0)
+        # absent from checkpoints written before they were kept: such a run restarts them, as it used to
+        cpu_before = state.get("train_cpu_seconds", 0.0)
+        first_loss, loss_ema = state.get("first_rec_loss"), state.get("rec_loss_ema")
         set_torch_rng_state(state, device)
 
     def save_ckpt():
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}
         state["train_seconds"] = seconds_before + time.time() - start
+        state["train_cpu_seconds"] = cpu_before + time.process_time() - cpu_start
+        state |= {"first_rec_loss": first_loss, "rec_loss_ema": loss_ema}
         state |= {"rng": rng.bit_generator.state, "config": to_dict(cfg)} | torch_rng_state(device)
         torch.save(state, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a kill mid-write keeps the previous checkpoint
 
-    start, cpu_start, first_loss, loss_ema = time.time(), time.process_time(), None, None
+    start, cpu_start = time.time(), time.process_time()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"image tokenizer ({device.type})", unit="step")
     while step < cfg.steps and not (cfg.max_minutes and seconds_before + time.time() - start > 60 * cfg.max_minutes):
         x = to_pixels(train_x[rng.integers(0, len(train_x), cfg.batch_size)]).to(device, non_blocking=True)
@@ -203,7 +219,7 @@ def train(cfg: ImageTrainConfig) -> dict:
         if step % cfg.ckpt_every == 0:
             save_ckpt()
     bar.close()
-    train_seconds, cpu_seconds = seconds_before + time.time() - start, time.process_time() - cpu_start
+    train_seconds, cpu_seconds = seconds_before + time.time() - start, cpu_before + time.process_time() - cpu_start
     save_ckpt()
     tok = VQImageTokenizer(cfg.tokenizer, model.cpu())  # the held-out metrics and the saved weights: on the CPU
     metrics, recon = evaluate(tok, held)

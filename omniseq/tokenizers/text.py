@@ -4,8 +4,10 @@ Round trips are exact (CJK, emoji, tabs, runs of spaces included) because the mo
 byte fallback, identity normalisation, no whitespace folding and no dummy prefix. One character
 still needs care: sentencepiece writes spaces as U+2581 and turns every U+2581 back into a space on
 decoding, so a literal U+2581 in the input is encoded through its byte-fallback pieces instead.
+An existing model with a dummy prefix (Llama-2) puts a space before the text it encodes; the text
+after such a U+2581 is encoded without it, so its round trip is exact too.
 
-CLI:  python -m omniseq.tokenizers.train text --input corpus.txt --vocab-size 4000 --out tok/text
+CLI:  python -m omniseq.tokenizers.train text --input corpus.txt --out tok/text vocab_size=4000
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from omniseq.vocab import TextSpec
 
 MODEL_FILE, CONFIG_FILE = "tokenizer.model", "text_tokenizer.json"
 SPM_SPACE = "\u2581"
+# Appended to a serialized ModelProto: field 3 (normalizer_spec) holding {add_dummy_prefix (field 3): false}.
+# Protobuf merges a repeated embedded message into the first one, so only that flag changes (no protobuf
+# dependency needed, and sentencepiece has no API to override it).
+NO_DUMMY_PREFIX = b"\x1a\x02\x18\x00"
 
 
 @dataclass
@@ -103,11 +109,21 @@ class TextTokenizer:
         if not self.model_path.is_file():
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
         self._proto = self.model_path.read_bytes()
-        self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as e:  # sentencepiece's own message names no file
+            raise ValueError(
+                f"{self.model_path}: not a readable sentencepiece model ({e}); expected the tokenizer.model "
+                "that sentencepiece training (or an LLM's release) writes"
+            ) from None
         self.vocab_size = self.sp.get_piece_size()
         space_bytes = [f"<0x{b:02X}>" for b in SPM_SPACE.encode()]
         ids = [self.sp.piece_to_id(p) for p in space_bytes]
         self._space_ids = ids if all(self.sp.id_to_piece(i) == p for i, p in zip(ids, space_bytes)) else None
+        # A dummy prefix (Llama-2) turns "b" into "▁b": text after a literal U+2581 must be encoded without it,
+        # or "a▁b" would decode as "a▁ b". Ours are trained without one: they need no second processor.
+        prefixed = self.sp.normalize("a").startswith(SPM_SPACE)
+        self._sp_inner = spm.SentencePieceProcessor(model_proto=self._proto + NO_DUMMY_PREFIX) if prefixed else self.sp
 
     def encode(self, text: str) -> list[int]:
         if SPM_SPACE not in text:
@@ -116,7 +132,8 @@ class TextTokenizer:
             raise ValueError(f"{self.model_path} has no byte fallback, so it cannot encode U+2581 exactly")
         out: list[int] = []
         for i, part in enumerate(text.split(SPM_SPACE)):
-            out += (self._space_ids if i else []) + (self.sp.encode(part) if part else [])
+            # only the text's start gets the model's dummy prefix, as when it is encoded whole
+            out += (self._space_ids if i else []) + ((self._sp_inner if i else self.sp).encode(part) if part else [])
         return out
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -17,7 +17,10 @@ in time) or, with `sampling: difference`, the `max_frames` frames that change mo
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,13 @@ def _frame_to_rgb(frame: Any, name: str) -> np.ndarray:
 
 def read_video(source: Any, cfg: FrameVideoConfig) -> tuple[np.ndarray, np.ndarray]:
     """Any supported input -> (frames uint8 [N, H, W, 3], timestamps in seconds [N])."""
+    if isinstance(source, np.ndarray) and (source.ndim != 4 or source.shape[-1] not in (1, 3, 4)):
+        # a single image [H, W, 3] would otherwise be read as a video of H frames, each one row of pixels
+        raise MediaError(
+            "<array>",
+            f"expected video frames [T, H, W, 1|3|4], got shape {source.shape} "
+            "(a single image is a one-frame video: pass image[None] or [image])",
+        )
     if isinstance(source, (list, tuple)) or isinstance(source, np.ndarray):
         frames = [_frame_to_rgb(f, f"<frame {i}>") for i, f in enumerate(source)]
         return _stack(frames, "<array>"), np.arange(len(frames)) / cfg.source_fps
@@ -101,18 +111,39 @@ def _read_npz(path: Path, rest: str, cfg: FrameVideoConfig) -> tuple[np.ndarray,
     if not path.is_file():
         raise MediaError(path, "npz clip file not found")
     key, _, index = rest.partition(":")
-    with np.load(path) as z:
-        key = key or z.files[0]
-        if key not in z:
-            raise MediaError(path, f"no array {key!r} (has {sorted(z.files)})")
-        arr = z[key]
+    key, arr = _npz_array(path, key)
     if arr.ndim == 5:
         if not index:
             raise MediaError(path, f"array {key!r} holds {len(arr)} clips: name one as {path}:{key}:<index>")
+        if not index.isdigit() or int(index) >= len(arr):
+            raise MediaError(path, f"clip index {index!r} of array {key!r}: expected 0 to {len(arr) - 1}")
         arr = arr[int(index)]
-    if arr.ndim != 4:
-        raise MediaError(path, f"expected clip frames [T, H, W, 3], got shape {arr.shape}")
-    return read_video(list(arr), cfg)
+    elif index:
+        raise MediaError(path, f"clip index {index!r} given, but array {key!r} is one clip of shape {arr.shape}")
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise MediaError(path, f"expected clip frames [T, H, W, 1|3|4] in array {key!r}, got shape {arr.shape}")
+    return read_video(arr, cfg)
+
+
+def _npz_array(path: Path, key: str) -> tuple[str, np.ndarray]:
+    """(key, array) of an npz file, `key` defaulting to its first array; a truncated or foreign file is a
+    MediaError naming it, so that callers which skip bad media (the shard builder catches MediaError) skip it."""
+    try:
+        z = np.load(path)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise MediaError(path, "not an npz archive (a bare .npy array?); expected np.savez output")
+        with z:
+            if not z.files:
+                raise MediaError(path, "npz holds no arrays; expected clip frames [T, H, W, 3]")
+            key = key or z.files[0]
+            if key not in z:
+                raise MediaError(path, f"no array {key!r} (has {sorted(z.files)})")
+            return key, z[key]
+    except MediaError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
+        # ValueError: a pickle or object array (never loaded) or a member cut short
+        raise MediaError(path, f"unreadable npz ({type(e).__name__}: {e}); expected np.savez output") from None
 
 
 def _stack(frames: list[np.ndarray], name: Any) -> np.ndarray:
@@ -147,7 +178,8 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
     import av
 
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=max(1, round(fps)))
+        # an exact rational rate: rounded, 2.5 frames/s played at 2 (10 frames lasted 5 s instead of 4)
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
@@ -207,11 +239,19 @@ class FrameVideoTokenizer(MediaTokenizer):
 
     def _identity(self) -> dict:
         # The image tokenizer's directory is where it came from, not what it is: left out of the fingerprint
-        # and of the vocabulary's record (its hash), so two runs alike in different folders share a layout.
-        return {k: v for k, v in self.config_dict().items() if k != "image_tokenizer"}
+        # and of the vocabulary's record (its hash), so two runs alike in different folders share a layout;
+        # so is where the image tokenizer's own weights sit (a transformers model's `path`).
+        own = {k: v for k, v in asdict(self.cfg).items() if k != "image_tokenizer"}
+        return {**own, "image": {"kind": self.image.kind, "config": self.image.identity_config()}}
 
     def fingerprint(self) -> str:
-        return fingerprint({"kind": self.kind, **self._identity()}, self.weights())
+        identity, weights = {"kind": self.kind, **self._identity()}, self.weights()
+        if not weights:
+            # The image tokenizer reads its weights from elsewhere (a transformers model's folder), so weights()
+            # is empty: its own fingerprint hashes them. Only then: the embedded weights of a VQ image tokenizer
+            # are hashed directly, and one more key would change every saved video tokenizer's fingerprint.
+            identity["image_fingerprint"] = self.image.fingerprint()
+        return fingerprint(identity, weights)
 
     @classmethod
     def saves_weights(cls, config: dict) -> bool:

@@ -112,3 +112,30 @@ def test_integer_pcm_arrays_are_scaled_not_clipped(dtype, full_scale):
     pcm = np.round(wave * full_scale + (full_scale if dtype == np.uint8 else 0)).astype(dtype)
     clip = load_audio((pcm, 8000), 8000)
     assert np.abs(clip.samples - wave).max() < 2 / full_scale + 1e-6
+
+
+def test_int64_samples_are_refused_not_scaled_into_silence():
+    # int16-range samples in an int64 array (or a Python list of ints) were divided by 2^63: RMS 1e-15
+    pcm = np.round(0.3 * np.sin(np.arange(800) / 5) * 32767).astype(np.int64)
+    for media in (pcm, [int(v) for v in pcm]):
+        with pytest.raises(MediaError, match="int64 samples: pass int16 or int32 PCM .* or float"):
+            load_audio((media, 8000), 8000)
+    assert np.abs(load_audio((pcm.astype(np.int16), 8000), 8000).samples).max() > 0.25  # the way it says to
+
+
+@pytest.mark.parametrize("rate", [0, -16000])
+def test_a_sample_rate_below_one_is_refused(rate):
+    with pytest.raises(MediaError, match=rf"<array \(100,\)>: sample rate must be > 0 Hz, got {rate}"):
+        load_audio((tone()[:100], rate), SR)
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_a_clip_with_nothing_left_after_resampling_is_a_media_error(rate):
+    # one sample at 44.1 / 48 kHz resamples to none at 16 kHz; a codec's convs then failed with a RuntimeError
+    from omniseq.tokenizers.audio import RVQAudioTokenizer, RVQCodecConfig
+
+    with pytest.raises(MediaError, match=rf"1 sample\(s\) at {rate} Hz is too short"):
+        load_audio((np.full(1, 0.1, np.float32), rate), SR)
+    tok = RVQAudioTokenizer(RVQCodecConfig(channels=4, latent_dim=8, num_quantizers=2, layers_used=2, codebook_size=16))
+    with pytest.raises(MediaError, match="too short"):
+        tok.encode(np.full(1, 0.1, np.float32), sample_rate=rate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from omniseq.config import ConfigError, load_config
 from omniseq.tokenizers.base import MediaError, load_tokenizer
 from omniseq.tokenizers.image import VQImageConfig, VQImageTokenizer, to_pixels
 from omniseq.tokenizers.image_io import ImageIOConfig
-from omniseq.tokenizers.image_train import ImageTrainConfig, main, train
+from omniseq.tokenizers.image_train import ImageTrainConfig, main, read_source, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizers"
 
@@ -176,8 +177,9 @@ def test_training_on_the_gpu_lowers_the_loss_resumes_and_saves_a_cpu_tokenizer(t
     state = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
     assert state["step"] == 40 and "cuda_rng" in state  # the GPU's draws continue where they were
     again = train(_train_cfg(tmp_path, steps=45, device="cuda"))
-    # 5 more steps from the checkpoint: its first loss is that of a trained model (a fresh run's is not)
-    assert again["steps"] == 45 and again["first_rec_loss"] < 0.5 * metrics["first_rec_loss"]
+    # 5 more steps from the checkpoint, which carries the first run's first loss and loss EMA
+    assert again["steps"] == 45 and again["first_rec_loss"] == metrics["first_rec_loss"]
+    assert again["final_rec_loss_ema"] < 0.5 * metrics["first_rec_loss"]
 
 
 def test_training_on_cuda_without_one_is_a_config_error(tmp_path, monkeypatch):
@@ -191,7 +193,7 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 3)])
     metrics = main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 5)])
     assert metrics["steps"] == 5
-    assert metrics["first_rec_loss"] is not None  # the resumed run trained (2 more steps), not 5 anew
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["step"] == 5  # 2 more steps, not 5 anew
 
 
 def test_a_resumed_run_keeps_the_time_budget_of_the_first(tmp_path):
@@ -253,3 +255,68 @@ def test_local_encoder_codes_depend_on_their_own_patch_only():
     with torch.no_grad():
         za, zb = (glob.model.encoder(to_pixels(x[None]))[0] for x in (img, other))
     assert not torch.allclose(za[:, 0, 3], zb[:, 0, 3])
+
+
+def test_a_resumed_run_reports_the_whole_runs_first_loss_loss_ema_and_cpu_seconds(tmp_path):
+    run = lambda d, steps: main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(d, steps)])  # noqa: E731
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = run(tmp_path / "a", 6)
+    first = run(tmp_path / "b", 3)
+    ckpt = tmp_path / "b" / "run" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["train_cpu_seconds"] = 1000.0  # as if the first part had trained long: the resumed run adds to it
+    torch.save(state, ckpt)
+    resumed = run(tmp_path / "b", 6)
+    assert resumed["first_rec_loss"] == straight["first_rec_loss"] == first["first_rec_loss"]
+    assert resumed["final_rec_loss_ema"] == pytest.approx(straight["final_rec_loss_ema"], rel=1e-6)
+    assert resumed["train_cpu_seconds"] >= 1000.0
+
+
+def test_a_checkpoint_without_the_loss_records_still_resumes(tmp_path):
+    main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 3)])
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("first_rec_loss", "rec_loss_ema", "train_cpu_seconds"):  # as written before they were kept
+        del state[key]
+    torch.save(state, ckpt)
+    metrics = main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 5)])
+    assert metrics["steps"] == 5 and metrics["first_rec_loss"] is not None  # restarted from the resumed part
+
+
+def test_holdout_below_one_is_refused_before_training(tmp_path):
+    # with nothing held out the run trained, then crashed in the evaluation before saving the tokenizer
+    with pytest.raises(ValueError, match="holdout must be >= 1"):
+        main(["--config", str(CONFIGS / "image_tiny.yaml"), *_train_args(tmp_path, 2), "holdout=0"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_that_do_not_fit_their_config_name_both_files(tmp_path):
+    torch.manual_seed(0)
+    saved = {
+        name: VQImageTokenizer(cfg).save(tmp_path / name)
+        for name, cfg in (
+            ("a", tiny_cfg()),
+            ("wider", tiny_cfg(base_channels=16)),
+            ("refined", tiny_cfg(refine_channels=4)),
+        )
+    }
+    for other, what in (("wider", "of another shape"), ("refined", "missing")):
+        shutil.copy(saved["a"] / "weights.safetensors", saved[other] / "weights.safetensors")
+        with pytest.raises(ValueError, match=f"does not fit the 'vq_image' model .*{what}") as e:
+            load_tokenizer(saved[other])
+        assert str(saved[other] / "weights.safetensors") in str(e.value)
+        assert str(saved[other] / "tokenizer.json") in str(e.value)
+
+
+def test_an_npz_sources_key_follows_the_last_colon(tmp_path):
+    folder = tmp_path / "run:2"  # a colon in a folder name is legal on Linux
+    folder.mkdir()
+    np.savez(folder / "imgs.npz", pics=shapes(3))
+    cfg = ImageTrainConfig(tokenizer=tiny_cfg())
+    assert read_source(f"{folder / 'imgs.npz'}:pics", cfg, []).shape == (3, 16, 16, 3)
+
+
+def test_rgba_npz_sources_are_composited_on_the_background(tmp_path):
+    np.savez(tmp_path / "clear.npz", images=np.zeros((2, 16, 16, 4), np.uint8))  # transparent black
+    cfg = ImageTrainConfig(tokenizer=tiny_cfg(image=ImageIOConfig(size=16, background=[0, 40, 200])))
+    assert (read_source(str(tmp_path / "clear.npz"), cfg, []) == [0, 40, 200]).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from omniseq.tokenizers.base import load_tokenizer
 from omniseq.tokenizers.image_io import ImageIOConfig
+from omniseq.tokenizers.video import FrameVideoConfig, FrameVideoTokenizer
+from omniseq.vocab import TextSpec, VocabLayout
 
 transformers = pytest.importorskip("transformers")
 
@@ -88,3 +91,20 @@ def test_emu3_backend(tmp_path):
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         HFImageTokenizer(HFImageConfig(path=str(tmp_path / "nope")))
+
+
+def test_a_video_over_a_transformers_model_hashes_its_weights_not_its_folder(janus_dir, tmp_path):
+    shutil.copytree(janus_dir, tmp_path / "copy")
+
+    def video(model_dir, name: str) -> FrameVideoTokenizer:
+        image = HFImageTokenizer(HFImageConfig(path=str(model_dir))).save(tmp_path / name)
+        return FrameVideoTokenizer.from_image_dir(FrameVideoConfig(image_tokenizer=str(image), share_image_range=False))
+
+    a, b = video(janus_dir, "a"), video(tmp_path / "copy", "b")
+    layout_hash = lambda t: VocabLayout.build(TextSpec("sentencepiece", 50), [t.codebook_spec()]).hash  # noqa: E731
+    assert a.fingerprint() == b.fingerprint() and layout_hash(a) == layout_hash(b)  # same weights, other folder
+    assert "path" not in a.codebook_spec().config["image"]["config"]
+    assert load_tokenizer(a.save(tmp_path / "video")).fingerprint() == a.fingerprint()  # still loads from `path`
+    with torch.no_grad():
+        next(b.image.model.parameters()).view(-1)[0] += 1.0  # other weights behind the same config
+    assert b.fingerprint() != a.fingerprint() and layout_hash(b) != layout_hash(a)

@@ -135,3 +135,28 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # Orientation: rotate 90 clockwise to display
     img.save(tmp_path / "photo.jpg", exif=exif)
     assert load_image(tmp_path / "photo.jpg", ImageIOConfig(size=0)).shape == (40, 20, 3)
+
+
+def test_float_images_in_0_1_are_scaled_by_255_not_black(tmp_path):
+    ramp = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.tif")  # mode F, as scientific and ML tools write it
+    for source in (Image.fromarray(ramp), tmp_path / "ramp.tif"):
+        gray = load_image(source, ImageIOConfig(size=0))[..., 0]
+        assert gray.min() == 0 and gray.max() == 255 and gray[8, 0] == round(ramp[8, 0] * 255)
+    # a float image holding 0-255 is still taken as 0-255
+    assert load_image(Image.fromarray(ramp * 200), ImageIOConfig(size=0))[..., 0].max() == 200
+    ramp[3, 3] = np.nan
+    with pytest.raises(MediaError, match="NaN or infinite"):
+        load_image(Image.fromarray(ramp), ImageIOConfig(size=0))
+
+
+def test_rgba_array_gives_the_pixels_of_the_same_rgba_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (12, 10, 4), dtype=np.uint8)
+    rgba[0, :, 3], rgba[1, :, 3] = 0, 255  # fully transparent and opaque rows beside the partial ones
+    Image.fromarray(rgba).save(tmp_path / "pic.png")
+    for background in ([255, 255, 255], [0, 40, 200]):
+        cfg = ImageIOConfig(size=0, background=background)
+        from_file = load_image(tmp_path / "pic.png", cfg)
+        assert np.array_equal(load_image(rgba, cfg), from_file)
+        assert (from_file[0] == background).all()  # composited, not the RGB the transparent pixels hold

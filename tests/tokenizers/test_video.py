@@ -149,3 +149,46 @@ def test_a_config_naming_only_its_image_tokenizers_folder_loads_without_a_weight
     (d / "tokenizer.json").write_text(json.dumps(config))
     tok = load_tokenizer(d)
     assert tok.fingerprint() == video_tok(image_dir).fingerprint()
+
+
+def test_bad_npz_clips_raise_media_error_naming_the_file(image_dir, tmp_path):
+    # the shard builder skips media that raise MediaError: IndexError or BadZipFile would crash it instead
+    tok = video_tok(image_dir)
+    many, one = tmp_path / "many.npz", tmp_path / "one.npz"
+    np.savez(many, clips=np.stack([clip(), clip()]))
+    np.savez(one, frames=clip())
+    np.savez(tmp_path / "none.npz")
+    (tmp_path / "cut.npz").write_bytes(many.read_bytes()[:300])
+    np.save(tmp_path / "bare.npy", clip())
+    (tmp_path / "bare.npy").rename(tmp_path / "bare.npz")
+    cases = [
+        (f"{many}:clips:2", many, r"clip index '2' .*expected 0 to 1"),
+        (f"{many}:clips:-1", many, "expected 0 to 1"),
+        (f"{one}:frames:3", one, "one clip"),
+        (tmp_path / "cut.npz", tmp_path / "cut.npz", "unreadable npz"),
+        (tmp_path / "none.npz", tmp_path / "none.npz", "no arrays"),
+        (tmp_path / "bare.npz", tmp_path / "bare.npz", "not an npz archive"),
+    ]
+    for source, name, match in cases:
+        with pytest.raises(MediaError, match=match) as e:
+            tok.encode(source)
+        assert str(name) in str(e.value), source
+
+
+def test_a_single_image_array_is_refused_not_read_as_a_video_of_its_rows(image_dir):
+    tok = video_tok(image_dir)
+    image = clip()[0]  # [16, 16, 3]: read as frames it was 16 frames of 16 x 3 pixels
+    with pytest.raises(MediaError, match=r"\[T, H, W, 1\|3\|4\], got shape \(16, 16, 3\)"):
+        tok.encode(image)
+    assert tok.encode(image[None]).shape == (1, 4, 4)  # a one-frame video is the way to say it
+
+
+@pytest.mark.parametrize("fps, seconds", [(2.5, 4.0), (0.5, 20.0), (12.5, 0.8)])
+def test_an_mp4_plays_at_its_exact_frame_rate(tmp_path, fps, seconds):
+    import av
+
+    mp4 = write_mp4(np.zeros((10, 16, 16, 3), np.uint8), tmp_path / "c.mp4", fps=fps)
+    with av.open(str(mp4)) as c:
+        s = c.streams.video[0]
+        assert float(s.average_rate) == pytest.approx(fps)
+        assert float(s.duration * s.time_base) == pytest.approx(seconds, rel=1e-3)
