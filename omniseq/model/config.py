@@ -8,6 +8,7 @@ serves every tokenizer set. Build a config with `model_config("125M", vocab_size
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from omniseq.config import ConfigError
@@ -58,6 +59,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_heads <= 0 or self.dim <= 0:
             raise ConfigError(f"model config: dim and n_heads must be positive, got {self.dim} and {self.n_heads}")
+        if self.ffn_multiple_of <= 0:  # before it divides below
+            raise ConfigError(f"model config: key 'ffn_multiple_of' = {self.ffn_multiple_of!r}, expected positive")
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.head_dim == 0:
@@ -70,6 +73,8 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first key that cannot work."""
         checks = [
+            ("n_layers", self.n_layers >= 1, "at least 1 (0 or fewer builds a model of no blocks)"),
+            ("n_kv_heads", self.n_kv_heads >= 1, "positive (0 = n_heads)"),
             (
                 "n_heads",
                 self.n_heads > 0 and self.n_heads % self.n_kv_heads == 0,
@@ -105,6 +110,9 @@ class ModelConfig:
         unknown = sorted(set(self.loss_weights) - set(MODALITIES))
         if unknown:
             raise ConfigError(f"model config: loss_weights has unknown modality {unknown}; known: {list(MODALITIES)}")
+        bad = {m: w for m, w in self.loss_weights.items() if not math.isfinite(w) or w < 0}
+        if bad:  # a negative weight is gradient ascent on that modality
+            raise ConfigError(f"model config: loss_weights {bad}: expected finite weights >= 0")
 
     def num_params(self, embedding: bool = True) -> int:
         """Parameter count; `embedding=False` leaves out the input embedding (it costs no FLOPs)."""

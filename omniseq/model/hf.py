@@ -263,9 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     from omniseq.vocab import VocabLayout
 
     if args.cmd == "import":
+        from omniseq.train.checkpoint import export  # a stage export: what init_from and sample.py read
+
         layout = VocabLayout.load(args.manifest)
         model = import_hf_llama(args.hf_dir, layout.size, layout.text.size)
-        print(save_model_dir(model, args.out_dir))
+        print(export(model.state_dict(), model.cfg, Path(args.out_dir), layout, {"imported_from": args.hf_dir}))
     else:
         model = load_model_dir(args.model_dir)
         ids = {}

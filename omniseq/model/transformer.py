@@ -100,7 +100,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if mask is None:  # generation: attend over the static cache
             k, v = self.cache.update(positions, k, v)
-            out = cached_attention(q, k, v, positions)
+            # a cache in another dtype (setup_cache's `dtype`, e.g. fp32 under a bf16 model): SDPA wants one
+            out = cached_attention(q.to(k.dtype), k, v, positions).to(q.dtype)
         else:
             out = attention(q, k, v, mask)
         return self.wo(rearrange(out, "b h t d -> b t (h d)"))

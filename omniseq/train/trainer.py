@@ -88,12 +88,23 @@ def check_inputs(cfg: StageConfig) -> VocabLayout:
     if cfg.init_from == "scratch":
         if cfg.model_size not in SIZES:
             raise ConfigError(f"key 'model_size': {cfg.model_size!r} is not one of {sorted(SIZES)}")
-        scratch_config(cfg, layout)
-    elif not cfg.init_from.startswith("hf:"):
-        export_config(load_model_config(cfg.init_from), cfg)
+        check_context(scratch_config(cfg, layout), cfg)
+    elif not cfg.init_from.startswith("hf:"):  # an hf: model's context is known once build_model loads it
+        check_context(export_config(load_model_config(cfg.init_from), cfg), cfg)
     precision = None if cfg.precision == "auto" else cfg.precision
     deepspeed_config(cfg, precision, int(os.environ.get("WORLD_SIZE", "1")))  # its contradictions with the stage
     return layout
+
+
+def check_context(mcfg: ModelConfig, cfg: StageConfig) -> ModelConfig:
+    """Rows longer than the model's RoPE table fail at whichever step first packs a position past it (the
+    packer numbers a row's padding tail from 0 too), as an IndexError, or a device-side assert on a GPU."""
+    if cfg.data.seq_len > mcfg.max_seq_len:
+        raise ConfigError(
+            f"key 'data.seq_len': {cfg.data.seq_len}, but the model's max_seq_len is {mcfg.max_seq_len}; "
+            "shorten the rows or raise model.max_seq_len (a scratch model's key)"
+        )
+    return mcfg
 
 
 def model_overrides(cfg: StageConfig) -> dict:
@@ -154,7 +165,9 @@ def build_model(cfg: StageConfig, layout: VocabLayout) -> Transformer:
     if cfg.init_from == "scratch":
         return Transformer.build(scratch_config(cfg, layout))
     if cfg.init_from.startswith("hf:"):
-        return import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **model_overrides(cfg))
+        model = import_hf_llama(cfg.init_from[3:], layout.size, layout.text.size, torch.float32, **model_overrides(cfg))
+        check_context(model.cfg, cfg)
+        return model
     model, _ = ckpt.load_export(cfg.init_from, layout)
     model.cfg = export_config(model.cfg, cfg)  # read at every forward: the modules need no rebuild
     return model

@@ -121,6 +121,9 @@ def test_command_line_import_and_export(tmp_path, tiny_layout):
     hf.save_pretrained(tmp_path / "hf")
     manifest = tiny_layout.save(tmp_path / "vocab")
     main(["import", str(tmp_path / "hf"), str(manifest), str(tmp_path / "omni")])
+    from omniseq.train.checkpoint import load_export
+
+    load_export(tmp_path / "omni", tiny_layout)  # a stage export: usable as init_from and by sample.py
     main(["export", str(tmp_path / "omni"), str(tmp_path / "out"), "--manifest", str(manifest)])
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["vocab_size"] == tiny_layout.size and config["eos_token_id"] == tiny_layout.id("<eos>")

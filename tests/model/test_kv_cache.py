@@ -77,3 +77,16 @@ def test_compiled_decode_step_matches_eager(model):
     eager = model.decode_step(ids, pos)
     compiled = torch.compile(model.decode_step, fullgraph=True)
     torch.testing.assert_close(compiled(ids, pos), eager, rtol=1e-4, atol=1e-4)
+
+
+def test_a_cache_in_another_dtype_than_the_model_decodes(model):
+    """setup_cache(dtype=...) is documented: an fp32 cache under a bf16 model (SDPA refused the mixed dtypes)
+    decodes as the fp32 model does, to bf16's precision."""
+    prompts, lengths = torch.randint(0, V, (2, 6)), torch.tensor([6, 4])
+    model.setup_cache(batch_size=2, max_seq_len=16)
+    with torch.no_grad():
+        _, reference = greedy_continuation(model, prompts, lengths, steps=3)
+        half = model.to(torch.bfloat16)
+        half.setup_cache(batch_size=2, max_seq_len=16, dtype=torch.float32)
+        _, mixed = greedy_continuation(half, prompts, lengths, steps=1)
+    torch.testing.assert_close(mixed[0].float(), reference[0], rtol=0.05, atol=0.05)

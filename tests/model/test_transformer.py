@@ -206,3 +206,18 @@ def test_rope_tables_stay_fp32_when_the_weights_are_cast():
         for table, want in zip((m.rope_cos, m.rope_sin), exact):
             assert table.dtype == torch.float32
             torch.testing.assert_close(table, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "keys, key",
+    [
+        ({"n_layers": -3}, "n_layers"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"n_kv_heads": -2}, "n_kv_heads"),
+        ({"ffn_multiple_of": 0}, "ffn_multiple_of"),
+        ({"loss_weights": {"image": -1.0}}, "loss_weights"),
+    ],
+)
+def test_model_keys_that_would_train_silently_wrong_or_crash_later_are_refused(keys, key):
+    with pytest.raises(ConfigError, match=key):
+        model_config("tiny", 50, **keys)

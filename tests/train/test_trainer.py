@@ -51,6 +51,8 @@ def load(world, tmp_path, *overrides, **keys) -> StageConfig:
         (("optim.weight_decay=-3",), ConfigError, "'optim.weight_decay': expected >= 0"),
         (("optim.grad_clip=-1",), ConfigError, "'optim.grad_clip': expected >= 0"),
         (("loss_weights={image: -0.5}",), ConfigError, "'loss_weights': expected weights >= 0"),
+        # rows past the RoPE table fail at whichever step first packs such a position, as an IndexError
+        (("data.seq_len=1024",), ConfigError, "'data.seq_len': 1024, but the model's max_seq_len is 512"),
     ],
 )
 def test_bad_stage_configs_fail_before_compute(train_world, tmp_path, overrides, error, match):
