@@ -59,8 +59,11 @@ test: setup lint  ## lint, then the whole CPU test suite (slow tests included)
 test-fast: setup  ## the CPU tests without the slow ones
 	CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
-test-gpu: setup  ## on a GPU machine: the tests that need CUDA (attention backends, the model, tokenizer training)
-	$(PY) -m pytest -q -m gpu tests
+# The workplace's GPU machine has no package index and its own python3 with a CUDA torch: GPU_PY=python3 there
+# (with the wheels of docs/recipes.md on PYTHONPATH) runs without the .venv setup.
+GPU_PY ?=
+test-gpu: $(if $(GPU_PY),,setup)  ## on a GPU machine: the tests that need CUDA (GPU_PY=python3: without the .venv)
+	$(or $(GPU_PY),$(PY)) -m pytest -q -m gpu tests
 
 demo: system-deps setup  ## the whole loop on the built-in demo world: corpus -> tokenizers -> shards -> 4 stages -> samples -> eval
 	$(PY) -m omniseq.recipe --out $(RUN) $(ARGS)
@@ -92,8 +95,12 @@ sample: setup  ## generate from CKPT (PROMPT="draw a red circle" FORCE=image, or
 	$(PY) sample.py checkpoint=$(CKPT) out=$(RUN)/samples $(subst sample.,,$(TOKS)) \
 	  $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(FORCE),--force $(FORCE)) $(ARGS)
 
-eval: setup  ## the any-to-any evaluation table of CKPT on the demo world
-	$(PY) -m omniseq.eval --checkpoint $(CKPT) corpus=$(RUN)/corpus out=$(RUN)/eval $(TOKS) $(ARGS)
+# The tables as the recipe's eval step makes them (its sample_overrides, eval_per_direction, eval_overrides; ARGS
+# are recipe keys); CKPT= given: that checkpoint through the eval module, with the module's defaults.
+CKPT_GIVEN = $(filter command line environment,$(origin CKPT))
+eval: setup  ## the demo world's table of RUN as its recipe scores it (RECIPE=its config; CKPT=: another checkpoint)
+	$(if $(CKPT_GIVEN),$(PY) -m omniseq.eval --checkpoint $(CKPT) corpus=$(RUN)/corpus out=$(RUN)/eval $(TOKS) $(ARGS),\
+	  $(PY) -m omniseq.recipe $(if $(RECIPE),--config $(RECIPE)) --out $(RUN) --redo eval $(ARGS))
 
 REAL_RUN ?= runs/real
 real: setup  ## the real-media recipe on ../shared/data (one H200, <= 30 min goal): configs/recipes/real_small.yaml
@@ -102,10 +109,11 @@ real: setup  ## the real-media recipe on ../shared/data (one H200, <= 30 min goa
 real-cpu: setup  ## the same recipe sized for the 2-core CPU machine (<= 30 min): real_small_cpu.yaml
 	$(PY) -m omniseq.recipe --config configs/recipes/real_small_cpu.yaml --out $(REAL_RUN)-cpu $(ARGS)
 
-eval-real: setup  ## the real-media table of a real run (REAL_RUN=runs/real-cpu after make real-cpu)
-	$(PY) -m omniseq.eval.real corpus=$(REAL_RUN)/corpus scorers=$(REAL_RUN)/scorers out=$(REAL_RUN)/eval \
-	  sample.checkpoint=$(or $(filter-out $(RUN)/sft/export,$(CKPT)),$(REAL_RUN)/sft/export) \
-	  $(subst $(RUN)/,$(REAL_RUN)/,$(TOKS)) $(ARGS)
+REAL_RECIPE = $(or $(RECIPE),$(if $(filter %-cpu,$(REAL_RUN)),configs/recipes/real_small_cpu.yaml,configs/recipes/real_small.yaml))
+eval-real: setup  ## the real-media table of a real run as its recipe scores it (REAL_RUN=runs/real-cpu after make real-cpu)
+	$(if $(CKPT_GIVEN),$(PY) -m omniseq.eval.real corpus=$(REAL_RUN)/corpus scorers=$(REAL_RUN)/scorers \
+	  out=$(REAL_RUN)/eval sample.checkpoint=$(CKPT) $(subst $(RUN)/,$(REAL_RUN)/,$(TOKS)) $(ARGS),\
+	  $(PY) -m omniseq.recipe --config $(REAL_RECIPE) --out $(REAL_RUN) --redo eval $(ARGS))
 
 bench: setup  ## CPU-sized benchmarks, one JSON line each (GPU numbers: docs/benchmarks.md)
 	$(PY) bench/train_step.py --size demo --vocab 4096 --seq-len 256 --batch 4

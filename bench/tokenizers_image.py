@@ -96,3 +96,9 @@ def main(argv: list[str]) -> dict:
             }
     print(json.dumps(result))
     return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])  # python bench/tokenizers_image.py {image,video} [options], as bench/tokenizers.py

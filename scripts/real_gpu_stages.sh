@@ -4,17 +4,18 @@
 #   MINUTES=3.8 EVAL_N=60 OUT=out bash scripts/real_gpu_stages.sh
 # MINUTES: train_minutes of the four stages (default 3.8, the measured run); EVAL_N: held-out items per task;
 # OUT: logs and results; LIMIT: seconds after which the run is stopped, so that its logs are still packed
-# (default: the training minutes + 6 min of stage start-ups, samples and eval); WHEELS: a folder of wheels
+# (default: the training minutes + 6 min of stage start-ups, samples and eval, at most 540 s: the device
+# tool stops a command at 600 s, and one stopped there packs nothing); WHEELS: a folder of wheels
 # to install first (a machine without a package index); DEST: where the packed files are (transfer);
 # STAGE_EXTRA: more stage overrides (space-separated key=value, no commas); RECIPE_EXTRA: one more recipe
 # argument. Stages save only at their end. The scorers come from their cache (no data folder there). A failed run (not one out of time) is
-# retried once with SDPA attention instead of FlexAttention.
+# retried once with SDPA attention instead of FlexAttention. Exits with the recipe's status (0: the table is in OUT).
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 OUT=${OUT:-runs/real-gpu-out}
 DEST=${DEST:-transfer}
 MINUTES=${MINUTES:-3.8}
-LIMIT=${LIMIT:-$(python3 -c "print(int($MINUTES * 60 + 360))")}
+LIMIT=${LIMIT:-$(python3 -c "print(min(int($MINUTES * 60 + 360), 540))")}
 mkdir -p "$OUT"
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
@@ -54,10 +55,14 @@ if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then  # 124: out of time, nothing to retry
   echo "=== recipe failed at $(el) s; retrying with model.attention=sdpa_masked, $left s of training" | tee -a "$OUT/recipe.log"
   # the stages done before the failure were trained with the first attention and budget: reuse them
   KEEP=--keep-done
-  [ $left -gt 30 ] && run_recipe "$(python3 -c "print(round($left / 60, 2))")" model.attention=sdpa_masked
+  if [ $left -gt 30 ]; then
+    run_recipe "$(python3 -c "print(round($left / 60, 2))")" model.attention=sdpa_masked
+    rc=$?
+  fi
 fi
 echo "=== done at $(el) s" | tee -a "$OUT/recipe.log"
 cp "$RUN"/eval/results.md "$RUN"/eval/results.json "$OUT/" 2>/dev/null
 tar czf "$OUT/stages.tar.gz" "$RUN"/stage*/metrics.jsonl "$RUN"/sft/metrics.jsonl "$RUN"/*/result.json \
   "$RUN"/*/loss_curves.png "$RUN"/samples 2>/dev/null
 ls -la "$OUT"
+exit "$rc"
