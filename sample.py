@@ -2,7 +2,7 @@
 
     python sample.py --prompt "draw a red circle at the top left" --force image
     python sample.py --prompt "what melody is this?" --audio melody.wav
-    python sample.py --prompts prompts.jsonl [--config configs/sample.yaml] [key=value ...]
+    python sample.py --prompts prompts.jsonl [--config my_sample.yaml] [key=value ...]
 
 Writes PNG / WAV / MP4 files, manifest.json (every span: modality, tokens, file) and index.html into
 `out` (runs/demo/samples by default). Keys: omniseq/sample/run.py (SampleConfig), docs/sampling.md.

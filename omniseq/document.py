@@ -10,8 +10,12 @@ and documents whose segments carry roles (SFT conversations) follow the chat tem
                                  ^^^^^^^^^^^^^^^^^^^ loss only here: the assistant's content and its
                                                      <|end|>, so the model learns to stop (MIO's SFT)
 
-`DocumentCodec.encode` and `DocumentCodec.decode` are exact inverses on normalised documents
-(`normalize`: no empty text, adjacent text of one role and loss merged).
+A segment's `loss` (true/false) overrides that default for its tokens, and a turn's <|end|> takes the loss
+of the turn's last segment: an earlier answer masked with `loss: false` does not train its <|end|> either.
+
+`DocumentCodec.decode` inverts `DocumentCodec.encode` up to `loss`, which the ids do not carry:
+decode(encode(doc)) == normalize(doc with every `loss` set to None) (`normalize`: no empty text, adjacent
+text of one role and loss merged), and so == normalize(doc) for documents that set no `loss`.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ class DocumentCodec:
                 raise ValueError(f"segment {missing[0]}: a conversation needs a role on every segment")
         ids: list[np.ndarray] = [np.array([self._bos])]
         loss: list[np.ndarray] = [np.zeros(1, np.uint8)]
-        spans, n, role = [], 1, None
+        spans, n, role, turn_loss = [], 1, None, False
 
         def put(chunk, on: bool):
             nonlocal n
@@ -175,7 +179,7 @@ class DocumentCodec:
         for seg in segments:
             if chat and seg.role != role:
                 if role is not None:
-                    put([self._end], role == "assistant")
+                    put([self._end], turn_loss)
                 put([self._role_ids[seg.role]], False)
                 role = seg.role
             if seg.modality == "text":
@@ -183,10 +187,11 @@ class DocumentCodec:
             else:
                 chunk = self.layout.media_ids(seg.modality, self.media_codes(seg))
             default = seg.role == "assistant" if chat else True
+            turn_loss = default if seg.loss is None else seg.loss  # also the loss of the turn's <|end|>
             spans.append((n, n + len(chunk), MODALITY_ID[seg.modality]))
-            put(chunk, default if seg.loss is None else seg.loss)
+            put(chunk, turn_loss)
         if chat and role is not None:
-            put([self._end], role == "assistant")
+            put([self._end], turn_loss)
         put([self._eos], not chat)
         return TokenSequence(
             ids=np.concatenate(ids).astype(np.int32),
@@ -195,7 +200,8 @@ class DocumentCodec:
         )
 
     def decode(self, ids) -> list[Segment]:
-        """Ids -> segments (media as codes, text as str). <bos>/<eos>/<pad> at the edges are optional."""
+        """Ids -> segments (media as codes, text as str). <bos>/<eos>/<pad> at the edges are optional. Every
+        segment's `loss` is None: the ids do not say which tokens were trained."""
         ids = np.asarray(ids, dtype=np.int64)
         pad = self.layout.id("<pad>")
         out: list[Segment] = []

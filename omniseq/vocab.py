@@ -198,6 +198,13 @@ class VocabLayout:
                     raise VocabError(f"{where}: shares {cb.shares!r}, which owns no range")
                 if (cb.offset, cb.codebook_size) != (other.offset, other.codebook_size):
                     raise VocabError(f"{where}: shared range must equal {cb.shares!r}'s")
+                if cb.codebook_size * cb.layers_in_ids > other.range_size:
+                    # layer l sits at offset + l*K: a layer past the owner's would land in the next range
+                    raise VocabError(
+                        f"{where}: {cb.layers_in_ids} layer(s) of {cb.codebook_size} codes need "
+                        f"{cb.codebook_size * cb.layers_in_ids} ids, but the range of {cb.shares!r} it shares holds "
+                        f"{other.range_size} ({other.layers_in_ids} layer(s))"
+                    )
                 if cb.shares_fingerprint and other.fingerprint and cb.shares_fingerprint != other.fingerprint:
                     # the same ids would mean other codes in each modality (a retrained image tokenizer)
                     raise VocabError(
@@ -205,6 +212,12 @@ class VocabLayout:
                         f"(fingerprint {cb.shares_fingerprint[:12]}, the layout's {other.fingerprint[:12]}): "
                         f"remake the {mod} tokenizer from the {cb.shares} tokenizer in use"
                     )
+            if cb.grid is not None and not (
+                isinstance(cb.grid, (tuple, list))
+                and len(cb.grid) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in cb.grid)
+            ):
+                raise VocabError(f"{where}: grid must be two positive integers (rows, cols), got {cb.grid!r}")
             if cb.modality in ("image", "video") and cb.grid is None and not cb.row_end:
                 # a span's codes could be written but never read back into rows
                 raise VocabError(f"{where}: needs a fixed grid (a fixed image size) or row_end=true to be parsed")
@@ -257,6 +270,8 @@ class VocabLayout:
 
     @classmethod
     def from_manifest(cls, m: dict, where: str = "manifest") -> VocabLayout:
+        if not isinstance(m, dict):
+            raise VocabError(f"{where}: expected a JSON object at the top level, got {type(m).__name__}")
         if m.get("format") != MANIFEST_FORMAT:
             raise VocabError(f"{where}: format {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
         try:
@@ -267,11 +282,15 @@ class VocabLayout:
             cbs = {}
             for mod, c in m["codebooks"].items():
                 c = dict(c)
-                c["grid"] = tuple(c["grid"]) if c.get("grid") else None
+                # a list, or null for none; anything else is kept as written for _validate to name
+                c["grid"] = tuple(c["grid"]) if isinstance(c.get("grid"), list) else c.get("grid")
                 cbs[mod] = CodebookSpec(**c)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise VocabError(f"{where}: missing or unexpected field: {e}") from e
-        layout = cls(text, tuple(n for n, _ in specials), cbs)
+        try:
+            layout = cls(text, tuple(n for n, _ in specials), cbs)
+        except VocabError as e:
+            raise VocabError(f"{where}: {e}") from None
         recorded = m.get("vocab_hash")
         if recorded is not None and recorded != layout.hash:
             raise VocabMismatchError(f"{where}: recorded vocab_hash {recorded} does not match content {layout.hash}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -121,6 +123,62 @@ def test_loss_override_per_segment(text_tokenizer, tiny_layout):
     seq = codec.encode([Segment("image", codes=np.zeros((2, 3), int), loss=False), Segment("text", text="a cat")])
     s, e, _ = seq.spans[0]
     assert not seq.loss_mask[s:e].any() and seq.loss_mask[e:].all()
+
+
+def _end_losses(seq, layout) -> list[tuple[str, int]]:
+    """(role of the turn, loss of its <|end|>) for each turn of an encoded conversation."""
+    roles = {layout.id(f"<|{r}|>"): r for r in ("system", "user", "assistant")}
+    out, role = [], None
+    for t, on in zip(seq.ids.tolist(), seq.loss_mask.tolist()):
+        if t in roles:
+            role = roles[t]
+        elif t == layout.id("<|end|>"):
+            out.append((role, on))
+    return out
+
+
+def test_end_takes_the_loss_of_the_turns_last_segment(text_tokenizer, tiny_layout):
+    codec = DocumentCodec(tiny_layout, text_tokenizer)
+    doc = [
+        Segment("text", text="q", role="user"),
+        Segment("text", text="an earlier answer", role="assistant", loss=False),  # masked, <|end|> too
+        Segment("text", text="q2", role="user", loss=True),  # trained, <|end|> too
+        Segment("text", text="the answer", role="assistant"),
+        Segment("image", codes=np.zeros((2, 3), int), role="assistant", loss=False),  # last: its <|end|> masked
+    ]
+    seq = codec.encode(doc)
+    assert _end_losses(seq, tiny_layout) == [("user", 0), ("assistant", 0), ("user", 1), ("assistant", 0)]
+    s, e, _ = seq.spans[3]  # the unmasked text of the last turn keeps its loss
+    assert seq.loss_mask[s:e].all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), text_st), min_size=1, max_size=6))
+def test_without_loss_overrides_only_assistant_turns_train_their_end(text_tokenizer, tiny_layout, turns):
+    codec = DocumentCodec(tiny_layout, text_tokenizer)
+    seq = codec.encode([Segment("text", text=t, role=r) for r, t in turns])
+    ends = _end_losses(seq, tiny_layout)
+    assert ends and all(on == (role == "assistant") for role, on in ends)
+
+
+def test_round_trip_is_exact_up_to_loss(text_tokenizer):
+    # the ids carry no loss flags: decode gives loss=None, and merges text that differed only in loss
+    flatten = "layer"
+    codec = DocumentCodec(layout_for(text_tokenizer, flatten, True), text_tokenizer)
+    losses = st.sampled_from([None, True, False])
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(st.tuples(segment_st(flatten, True, st.sampled_from(["user", "assistant"])), losses), max_size=6),
+        st.lists(st.tuples(segment_st(flatten, True, st.none()), losses), min_size=1, max_size=6),
+    )
+    def check(chat, plain):
+        for doc in ([replace(s, loss=on) for s, on in chat], [replace(s, loss=on) for s, on in plain]):
+            assert codec.decode(codec.encode(doc).ids) == normalize([replace(s, loss=None) for s in doc])
+
+    check()
+    doc = [Segment("text", text="a", loss=False), Segment("text", text="b")]
+    assert normalize(doc) == doc and codec.decode(codec.encode(doc).ids) == [Segment("text", text="ab")]
 
 
 def test_conversation_needs_roles_everywhere(text_tokenizer, tiny_layout):

@@ -224,3 +224,40 @@ def test_an_image_range_without_grid_or_row_ends_is_refused():
     # its spans could be written but never parsed back into rows
     with pytest.raises(VocabError, match="needs a fixed grid"):
         VocabLayout.build(TEXT, [CodebookSpec("image", "vq", 32, grid=None, row_end=False)])
+
+
+def test_a_shared_range_must_hold_every_layer_of_the_sharer():
+    # layer 1 of a 2-layer audio codebook over a 16-id image range would be ids of the next (video) range
+    image = CodebookSpec("image", "vq", 16, grid=(2, 2))
+    video = CodebookSpec("video", "fv", 16, grid=(2, 2))
+    audio = CodebookSpec("audio", "rvq", 16, num_layers=2, flatten="frame", shares="image")
+    with pytest.raises(VocabError, match=r"codebook 'audio': 2 layer\(s\) of 16 codes need 32 ids, .*'image'.* 16"):
+        VocabLayout.build(TEXT, [image, audio, video])
+    # one layer fits, and so does the `first` flattening, which keeps only layer 0 in ids
+    for fits in (dataclasses.replace(audio, num_layers=1), dataclasses.replace(audio, flatten="first")):
+        L = VocabLayout.build(TEXT, [image, fits, video])
+        assert L.code_range("audio") == L.code_range("image")
+
+
+@pytest.mark.parametrize("grid", [(0, 3), (-2, 3), (2,), (2, 3, 4), (2.0, 3), (True, 3)])
+def test_grid_must_be_two_positive_ints(grid):
+    with pytest.raises(VocabError, match=r"codebook 'image': grid must be two positive integers"):
+        VocabLayout.build(TEXT, [CodebookSpec("image", "vq", 16, grid=grid)])
+
+
+@pytest.mark.parametrize("grid", [[0, 3], [-2, 3], [2], 5, "2x2"])
+def test_a_manifest_with_a_bad_grid_names_the_file_and_field(tmp_path, grid):
+    path = layout().save(tmp_path)
+    m = json.loads(path.read_text())
+    m["codebooks"]["image"]["grid"] = grid
+    del m["vocab_hash"]
+    path.write_text(json.dumps(m))
+    with pytest.raises(VocabError, match=r"manifest.json: codebook 'image': grid must be two positive integers"):
+        VocabLayout.load(path)
+
+
+@pytest.mark.parametrize("content", ["[]", '"x"', "3"])
+def test_a_manifest_that_is_not_an_object_names_the_file(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(VocabError, match=r"manifest.json: expected a JSON object at the top level"):
+        VocabLayout.load(tmp_path)
