@@ -295,6 +295,8 @@ class RVQAudioTokenizer(MediaTokenizer):
             raise ValueError(
                 f"{self.kind} codes must be [1..{self.cfg.num_quantizers} layers, frames], got {codes.shape}"
             )
+        if not np.issubdtype(codes.dtype, np.integer):  # astype below would truncate 1.7 to 1 without a word
+            raise ValueError(f"{self.kind} codes must be integers, got {codes.dtype}")
         if codes.min() < 0 or codes.max() >= self.cfg.codebook_size:
             raise ValueError(f"{self.kind} codes must lie in [0, {self.cfg.codebook_size})")
         t = torch.from_numpy(rearrange(codes.astype(np.int64), "l f -> 1 f l")).to(self._device())

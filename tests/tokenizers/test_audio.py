@@ -81,6 +81,8 @@ def test_decode_accepts_fewer_layers_than_the_codec_has(sine):
     assert not np.allclose(full, two)  # layers 3-4 contribute
     with pytest.raises(ValueError, match="layers"):
         tok.decode(np.zeros((5, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="must be integers, got float64"):  # not truncated to other codes
+        tok.decode(np.array([[1.7, 2.2]]))
 
 
 def test_invalid_config_names_the_key():
