@@ -347,9 +347,10 @@ class Recipe:
         return f"{ok}/{len(prompts)} prompts rendered -> {self.out / 'samples' / 'index.html'}"
 
     def eval_config(self):
-        """The eval step's config (the world's), with `eval_overrides`; the real table's keys checked."""
+        """The eval step's config (the world's), with `eval_overrides`; its keys checked."""
         sample = self._sample_config()
-        sample.batch_size = 16
+        if not any(o.partition("=")[0].strip() == "batch_size" for o in self.cfg.sample_overrides):
+            sample.batch_size = 16  # the eval's default; a batch_size in sample_overrides is the user's
         if self.cfg.world == "real":
             from omniseq.eval.real import RealEvalConfig, check_config
 
@@ -360,11 +361,14 @@ class Recipe:
             check_config(cfg)
             return cfg
         from omniseq.eval.harness import EvalConfig
+        from omniseq.eval.harness import check_config as harness_check
 
         cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
                          out=str(self.out / "eval"), sample=sample,
                          perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
-        return load_config(cfg, None, self.cfg.eval_overrides)
+        cfg = load_config(cfg, None, self.cfg.eval_overrides)
+        harness_check(cfg)
+        return cfg
 
     def eval(self) -> str:
         if self.cfg.world == "real":

@@ -228,3 +228,13 @@ def test_bad_eval_keys_are_refused_before_the_first_step(tmp_path, recipe, overr
     with pytest.raises(ConfigError, match=match):
         main(args)
     assert not (tmp_path / "run" / "corpus").exists()  # nothing ran
+
+
+def test_a_batch_size_in_sample_overrides_reaches_the_eval_step():
+    from omniseq.config import load_config
+    from omniseq.recipe import Recipe, RecipeConfig
+
+    plain = Recipe(load_config(RecipeConfig, None, []))
+    assert plain.eval_config().sample.batch_size == 16  # the eval's own default
+    mine = Recipe(load_config(RecipeConfig, None, ["sample_overrides=[batch_size=4]"]))
+    assert mine.eval_config().sample.batch_size == 4

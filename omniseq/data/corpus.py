@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,3 +223,16 @@ def write_corpus_file(out: Path, name: str, split: str, fmt: str, rows: list[dic
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     return {"name": f"{name}.{split}", "path": path.name, "format": fmt, "split": split, "lines": len(rows)}
+
+
+def clear_corpus_outputs(out: Path, kinds: list[str] | tuple[str, ...]) -> None:
+    """Remove what a corpus builder writes into `out` (its JSONL files, text.txt, index.json, media/<kind>/), so
+    a rebuild with fewer kinds or items leaves nothing stale that the later steps read (the image tokenizer
+    trains on all of media/image; a shard set is built wherever its JSONL exists). Other files are kept."""
+    for name in (*kinds, "interleaved", "sft", "text"):
+        for split in ("train", "eval"):
+            (out / f"{name}.{split}.jsonl").unlink(missing_ok=True)
+    for name in ("text.txt", "index.json"):
+        (out / name).unlink(missing_ok=True)
+    for kind in kinds:
+        shutil.rmtree(out / "media" / kind, ignore_errors=True)

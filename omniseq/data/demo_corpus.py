@@ -32,7 +32,7 @@ from tqdm import tqdm
 from omniseq.cli import run
 from omniseq.config import ConfigError, load_config
 from omniseq.data import demo_media as dm
-from omniseq.data.corpus import write_corpus_file
+from omniseq.data.corpus import clear_corpus_outputs, write_corpus_file
 
 KINDS = ("image", "melody", "sound", "speech", "video")
 MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
@@ -189,15 +189,17 @@ def generate(cfg: DemoConfig, out: str | Path) -> dict:
         raise ConfigError(f"max_objects: expected 1..{len(dm.COLOURS)}, got {cfg.max_objects}")
     if not 1 <= cfg.min_notes <= cfg.max_notes:
         raise ConfigError(f"min_notes/max_notes: expected 1 <= min <= max, got {cfg.min_notes}, {cfg.max_notes}")
+    clear_corpus_outputs(out, KINDS)
     kinds = [k for k in KINDS if k != "speech" or speech_enabled(cfg)]
     notes = [] if "speech" in kinds else ["speech: left out (espeak-ng not installed or speech=never)"]
     splits: dict[str, dict[str, list[Item]]] = {s: {k: [] for k in kinds} for s in ("train", "eval")}
     bar = tqdm(total=sum(counts[k] for k in kinds), desc="demo corpus", unit="item")
-    for k_index, kind in enumerate(kinds):
+    for kind in kinds:
         (out / "media" / kind).mkdir(parents=True, exist_ok=True)
         # One stream per kind: changing one kind's count leaves the other kinds' bytes alone.
         rng = np.random.default_rng([cfg.seed, KINDS.index(kind)])
-        held = eval_ids(counts[kind], cfg.eval_fraction, np.random.default_rng([cfg.seed, 100 + k_index]))
+        # by the kind's place in KINDS, not in `kinds`: the split must not depend on whether speech is made
+        held = eval_ids(counts[kind], cfg.eval_fraction, np.random.default_rng([cfg.seed, 100 + KINDS.index(kind)]))
         for i in range(counts[kind]):
             item = make_item(kind, i, rng, cfg, out)
             split = "eval" if i in held else "train"

@@ -5,7 +5,7 @@ built so that every attribute can be read back from the media without learning (
 uses the same constants): colours are far apart in RGB and drawn without anti-aliasing on a black
 background, shapes are drawn at odd pixel sizes where every shape's mask differs, objects sit on a 3x3
 grid of cells, melody notes are whole notes of one octave with no note repeated back to back, sound
-effects differ in pitch trajectory, envelope or flatness, and videos move one shape by 2 pixels a frame.
+effects differ in pitch trajectory, envelope or flatness, and videos move one shape by VIDEO_STEP (4) pixels a frame.
 
 Every renderer takes a `numpy.random.Generator` and returns the media and its ground truth, so a seed
 fixes every byte of the corpus.

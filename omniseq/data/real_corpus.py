@@ -33,7 +33,7 @@ from tqdm import tqdm
 from omniseq.cli import run
 from omniseq.config import ConfigError, load_config
 from omniseq.data import real_sets as rs
-from omniseq.data.corpus import write_corpus_file
+from omniseq.data.corpus import clear_corpus_outputs, write_corpus_file
 from omniseq.data.demo_media import SAMPLE_RATE, save_npz, save_png, save_wav
 
 SETS = {  # real_sets reader -> corpus kind
@@ -311,6 +311,7 @@ def generate(cfg: RealCorpusConfig) -> dict:
     rs.require(Path(cfg.data))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_corpus_outputs(out, list(MODALITY))
     skipped: list[dict] = []
     items: dict[str, list[Item]] = {}
     for name in tqdm([n for n in SETS if n in cfg.sets], desc="real corpus", unit="set"):

@@ -29,6 +29,8 @@ from omniseq.data import demo_media as dm
 SAMPLE_RATE = dm.SAMPLE_RATE  # the rate every audio analyser reads (the demo media's)
 PALETTE = np.array([dm.BACKGROUND, *dm.COLOURS.values()], np.float32)  # index 0: background
 COLOUR_NAMES = list(dm.COLOURS)
+STILL_PX_PER_FRAME = 1.0  # a tracked shape slower than this has no direction (the world's move VIDEO_STEP = 4)
+SILENCE_PEAK = 1e-3  # a waveform whose peak stays below -60 dBFS is silence: no transcript
 
 
 def _rgb(image) -> np.ndarray:
@@ -208,7 +210,9 @@ def analyse_video(frames) -> dict:
     steps = np.arange(len(xs))
     dx = np.polyfit(steps, xs, 1)[0] if len(xs) > 1 else 0.0  # pixels per frame
     dy = np.polyfit(steps, ys, 1)[0] if len(ys) > 1 else 0.0
-    if abs(dx) >= abs(dy):
+    if max(abs(dx), abs(dy)) < STILL_PX_PER_FRAME:  # a still (or one-frame) clip moves nowhere, not "left"
+        direction = None
+    elif abs(dx) >= abs(dy):
         direction = "right" if dx > 0 else "left"
     else:
         direction = "down" if dy > 0 else "up"
@@ -268,7 +272,12 @@ class SpeechRecogniser:
         return cls(waves, [t for t, *_ in grid])
 
     def predict(self, wave) -> str:
-        return self.texts[int(np.argmax(self.refs @ speech_features(wave)))]
+        """The nearest reference's text; "" for silence or nothing, whose all-zero features tie with every
+        reference (argmax then named the first, "zero", and an empty answer to "say zero." scored 100%)."""
+        x = np.asarray(wave, dtype=np.float64).reshape(-1)
+        if x.size == 0 or np.abs(x).max() < SILENCE_PEAK:
+            return ""
+        return self.texts[int(np.argmax(self.refs @ speech_features(x)))]
 
 
 def analyse(kind: str, media, recogniser=None) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from omniseq.atomic import write_text_atomic
+from omniseq.config import ConfigError
 from omniseq.data.demo_corpus import document_of
 from omniseq.data.loader import DataConfig, SourceConfig, stream_from_config
 from omniseq.document import Segment, segment_from_json
@@ -177,8 +178,18 @@ def task_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {t: mean_scores(rs) for t, rs in by_task.items()}
 
 
+def check_config(cfg: EvalConfig) -> None:
+    """ConfigError naming the key, before the model loads: per_direction 0 scored nothing, and a misspelt
+    reference row (`blnd`) was left out without a word."""
+    if cfg.per_direction < 1:
+        raise ConfigError(f"per_direction: expected at least 1 held-out item per direction, got {cfg.per_direction}")
+    if unknown := sorted(set(cfg.references) - set(REFERENCES)):
+        raise ConfigError(f"references: {unknown} unknown; expected a list of {list(REFERENCES)}, or [] for none")
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
+    check_config(cfg)
     items = load_items(cfg.corpus, cfg.per_direction)
     session = SamplingSession(cfg.sample)
     speech = any(it.kind == "speech" for it in items)

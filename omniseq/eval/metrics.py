@@ -136,8 +136,9 @@ def sequence_scores(pred: list, truth: list) -> dict[str, float]:
 
 
 def object_scores(pred: list[dict], truth: list[dict]) -> dict[str, float]:
-    """Each true object is matched to the unused predicted object agreeing on most attributes; scores
-    are per attribute over true objects; "exact" also needs no extra or missing objects."""
+    """Each true object is matched to the unused predicted object agreeing on most attributes; scores are
+    per attribute over max(true, predicted) objects, so an extra object counts against them as a missing one
+    does (over true objects alone, naming or drawing every colour scored 100%); "exact" also needs the count."""
     unused = list(pred)
     hits: dict[str, float] = dict.fromkeys(OBJECT_FIELDS, 0.0)
     for t in truth:
@@ -147,7 +148,7 @@ def object_scores(pred: list[dict], truth: list[dict]) -> dict[str, float]:
         unused.remove(best)
         for f in OBJECT_FIELDS:
             hits[f] += best.get(f) == t[f]
-    n = max(1, len(truth))
+    n = max(1, len(truth), len(pred))
     out = {f: hits[f] / n for f in OBJECT_FIELDS}
     out["count"] = float(len(pred) == len(truth))
     out["exact"] = float(out["count"] == 1.0 and all(out[f] == 1.0 for f in OBJECT_FIELDS))

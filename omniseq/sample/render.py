@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,9 @@ def render(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("row*_*.*"):  # a previous render's media, which this manifest would not name
+        if re.fullmatch(r"row\d+_\d+\.\w+", old.name):
+            old.unlink()
     layout = codec.layout
     role_ids = {layout.id(f"<|{r}|>"): r for r in ROLES if f"<|{r}|>" in layout.special_ids}
     end_id = layout.special_ids.get("<|end|>")

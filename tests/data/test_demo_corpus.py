@@ -114,3 +114,26 @@ def test_cli_writes_corpus_and_rejects_bad_config(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         dc.run(dc.main, ["--out", str(tmp_path / "x"), "--scale", "huge"])
     assert e.value.code == 2 and "scale" in capsys.readouterr().err
+
+
+def test_a_rebuild_into_the_same_folder_leaves_nothing_stale(tmp_path):
+    """A rebuild with fewer items and no speech removes the old build's files that later steps would read
+    (the image tokenizer trains on all of media/image; a speech shard set is built where speech.*.jsonl is)."""
+    (tmp_path / "notes.md").write_text("mine")
+    dc.generate(dc.DemoConfig(**TINY), tmp_path)
+    smaller = {**TINY, "counts": {**TINY["counts"], "image": 5}}
+    index = dc.generate(dc.DemoConfig(speech="never", **smaller), tmp_path)
+    assert len(list((tmp_path / "media" / "image").glob("*.png"))) == 5 == sum(index["counts"]["image"].values())
+    assert not list(tmp_path.glob("speech.*.jsonl")) and not (tmp_path / "media" / "speech").exists()
+    assert (tmp_path / "notes.md").read_text() == "mine"  # what the builder did not write stays
+
+
+@pytest.mark.skipif(dm.espeak_binary() is None, reason="espeak-ng is not installed: every build is without speech")
+def test_the_video_split_does_not_depend_on_whether_speech_is_made(tmp_path):
+    more = {**TINY, "counts": {**TINY["counts"], "video": 40}}  # enough held-out clips for two draws to differ
+    with_speech = dc.generate(dc.DemoConfig(speech="auto", **more), tmp_path / "a")
+    without = dc.generate(dc.DemoConfig(speech="never", **more), tmp_path / "b")
+    assert with_speech["counts"]["video"] == without["counts"]["video"]
+    held = [sorted(json.loads(x)["meta"]["id"] for x in (tmp_path / d / "video.eval.jsonl").read_text().splitlines())
+            for d in ("a", "b")]  # fmt: skip
+    assert held[0] == held[1]

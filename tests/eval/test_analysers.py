@@ -118,3 +118,23 @@ def test_speech_recogniser_transcribes_unseen_voices():
         voice = dm.draw_voice(rng)
         pairs.append((an.analyse("speech", dm.speak(texts[i], **voice), recogniser)["transcript"], texts[i]))
     assert accuracy(pairs) >= 0.99
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_a_still_video_has_no_direction(frames):
+    """A shape that does not move (or a one-frame clip) is not read as moving left, which gave motionless
+    output the direction of every "moving left" prompt."""
+    clip, truth = dm.render_video(np.random.default_rng(0), 4, 32)
+    still = np.repeat(clip[:1], frames, axis=0)
+    read = an.analyse_video(still)
+    assert read["direction"] is None and read["colour"] == truth["colour"]
+
+
+def test_silence_has_no_transcript():
+    """Silence's features are all zero and tie with every reference: argmax named the first text, so an
+    empty answer to its prompt scored 100%."""
+    t = np.arange(8000) / dm.SAMPLE_RATE
+    waves = [np.sin(2 * np.pi * f * t) * np.hanning(len(t)) for f in (300.0, 900.0)]
+    recogniser = an.SpeechRecogniser(waves, ["zero", "one"])
+    assert recogniser.predict(waves[1]) == "one"
+    assert recogniser.predict(np.zeros(8000)) == "" and recogniser.predict(np.zeros(0)) == ""

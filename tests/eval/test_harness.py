@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 import omniseq.eval.harness as harness
 from omniseq.data import demo_media as dm
@@ -71,3 +72,14 @@ def test_generated_audio_is_analysed_at_the_analysers_rate_and_kept_at_the_codec
     rows, said, made = harness.score_rows(session, [item], [Prompt(item.prompt, "audio")], None, 8)
     assert rows[0]["main"] == 1.0 and said[0]["scored_as"] == "C E G B"
     assert made[0] is at_24k  # the gallery writes it at the codec's rate (media_rate)
+
+
+@pytest.mark.parametrize(
+    "keys, match",
+    [({"per_direction": 0}, "per_direction: expected at least 1"), ({"references": ["blnd"]}, "references")],
+)
+def test_eval_keys_it_would_act_on_wrongly_are_refused_before_loading(tmp_path, keys, match):
+    from omniseq.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        harness.evaluate(EvalConfig(corpus=str(tmp_path / "none"), **keys))

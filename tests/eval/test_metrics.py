@@ -7,6 +7,7 @@ import pytest
 
 from omniseq.data import demo_media as dm
 from omniseq.eval import metrics as m
+from omniseq.eval.harness import main_score
 
 
 def test_captions_parse_back_to_their_objects():
@@ -45,8 +46,18 @@ def test_image_scores_count_each_attribute():
     s = m.compare("image", {"objects": wrong_shape}, {"objects": truth})
     assert (s["shape"], s["colour"], s["exact"]) == (0.0, 1.0, 0.0)
     s = m.compare("image", {"objects": truth + wrong_shape}, {"objects": truth})
-    assert (s["shape"], s["count"], s["exact"]) == (1.0, 0.0, 0.0)
+    assert (s["shape"], s["count"], s["exact"]) == (0.5, 0.0, 0.0)  # the extra object counts against it
     assert m.compare("image", {"objects": []}, {"objects": truth})["colour"] == 0.0
+
+
+def test_naming_every_colour_does_not_beat_one_honest_answer():
+    """Scores are over max(true, predicted) objects: a hedge of six objects matches the true one but is
+    five objects wrong, and scores below a single object of the wrong colour."""
+    truth = [{"colour": "red", "shape": "circle", "size": "large", "position": "top left"}]
+    hedge = [{**truth[0], "colour": c} for c in ("red", "green", "blue", "yellow", "purple", "orange")]
+    honest = [{**truth[0], "colour": "blue"}]
+    main = lambda pred: main_score("image", m.compare("image", {"objects": pred}, {"objects": truth}))  # noqa: E731
+    assert main(hedge) < main(honest) == 0.75
 
 
 def test_sequence_scores_and_means():

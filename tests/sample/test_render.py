@@ -87,6 +87,11 @@ def test_render_writes_files_manifest_and_page(tmp_path, tiny_layout, text_token
     assert f'<audio controls src="{audio.name}">' in page and f'<video controls src="{video.name}">' in page
     assert "never closed" in page
 
+    # a second render into the folder, of the broken row alone: the first render's media go with it
+    (tmp_path / "notes.txt").write_text("mine")
+    render(codec(L, text_tokenizer), [broken], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "manifest.json", "notes.txt"]
+
 
 def test_missing_tokenizer_is_recorded_per_span(tmp_path, tiny_layout, text_tokenizer):
     L = tiny_layout
