@@ -143,7 +143,12 @@ def budget(item: Item, layout, text_tokens: int) -> int:
 
 @torch.no_grad()
 def rank_candidates(session: SamplingSession, item: Item) -> int:
-    """Index of the candidate answer the prompt's media makes most likely: its log-likelihood after the prompt
+    """Index of the candidate answer the prompt's media makes most likely (`candidate_scores`)."""
+    return int(np.argmax(candidate_scores(session, item)))
+
+
+def candidate_scores(session: SamplingSession, item: Item) -> np.ndarray:
+    """Per candidate answer, how much the prompt's media raises it: its log-likelihood after the prompt
     (summed over its tokens and the turn's closing <|end|>) minus its log-likelihood after the prompt's
     unconditional twin (`uncond_prompt`: the user's turn as one <|uncond|>, as training's condition dropout
     shows it). The difference is the pointwise mutual information of the answer and the prompt (domain-
@@ -165,7 +170,7 @@ def rank_candidates(session: SamplingSession, item: Item) -> int:
         pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
         scores.append(float(logp[b, pos, torch.from_numpy(a.astype(np.int64))].sum()))
     K = len(answers)
-    return int(np.argmax(np.subtract(scores[:K], scores[K:])))
+    return np.subtract(scores[:K], scores[K:])
 
 
 def generated_answers(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omniseq.config import ConfigError
@@ -101,11 +102,23 @@ def test_without_espeak_speech_is_left_out_and_said(tmp_path, monkeypatch):
 def test_speech_corpus_is_16khz_speech_of_the_transcripts(corpus):
     import soundfile as sf
 
-    for line in (corpus / "speech.train.jsonl").read_text().splitlines():
-        obj = json.loads(line)
+    from omniseq.eval.analysers import SpeechRecogniser
+
+    recogniser = SpeechRecogniser.from_espeak()  # references over every text of the corpus' speech
+    lines = [
+        json.loads(line)
+        for split in ("train", "eval")
+        for line in (corpus / f"speech.{split}.jsonl").read_text().splitlines()
+    ]
+    assert len(lines) == TINY["counts"]["speech"]
+    for obj in lines:
         info = sf.info(str(corpus / obj["audio"]))
         assert info.samplerate == dm.SAMPLE_RATE and info.duration > 0.2
         assert obj["text"] in dm.speech_texts() and obj["meta"]["transcript"] == obj["text"]
+        wave, sr = sf.read(str(corpus / obj["audio"]), dtype="float32")
+        assert sr == dm.SAMPLE_RATE
+        assert np.abs(wave).max() > 0.05 and np.sqrt(np.mean(wave.astype(np.float64) ** 2)) > 0.005, obj["audio"]
+        assert recogniser.predict(wave) == obj["text"], obj["audio"]  # it says its text
 
 
 def test_cli_writes_corpus_and_rejects_bad_config(tmp_path, capsys):

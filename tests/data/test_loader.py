@@ -195,6 +195,21 @@ def test_truncated_tar_raises_or_keeps_the_good_samples_before_the_break(shard_e
     assert 0 < worker.counters["bad"] < n_shard and good + worker.counters["bad"] == 24
 
 
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_shard_with_more_samples_than_its_manifest_says_raises_even_with_skip(shard_env, on_error):
+    """A stale manifest (docs/data.md): the positions it gives would mean other documents, so no skipping."""
+    cfg, layout = shard_env
+    out = build(cfg, "text", slice(3, 4))
+    path = Path(out) / "manifest.json"
+    m = json.loads(path.read_text())
+    held = sum(1 for _ in iter_shard(str(Path(out) / m["shards"][1]["file"])))
+    assert m["shards"][1]["samples"] == held > 1
+    m["shards"][1]["samples"] = held - 1  # the tar holds one sample more than the manifest says
+    path.write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=rf"shard-000001.tar: more samples \({held}\) than manifest.json says"):
+        first_epoch(out, layout, on_error)
+
+
 def test_in_process_stream_resumes_exactly_and_round_trips_through_torch_save(shard_env, tmp_path):
     cfg, layout = shard_env
     a, b = build(cfg, "a", slice(0, 2)), build(cfg, "b", slice(2, 4))

@@ -48,9 +48,12 @@ def test_packing_never_splits_a_span_and_keeps_every_token(docs, seq_len, pool, 
         if what != "dropped":
             kept_docs.append(doc)
         chunks += [(c, (k, i)) for i, c in enumerate(parts)]
+        if len(doc) <= seq_len:  # a fitting document comes back whole and unchanged, whatever the policy
+            assert what == "" and len(parts) == 1 and _same_doc(parts[0], doc)
         if what == "cut":
             assert np.array_equal(np.concatenate([c.ids for c in parts]), doc.ids)  # cut, nothing lost
         if what == "dropped":
+            assert parts == [] and len(doc) > seq_len  # only a document longer than a row is ever dropped
             long_span = len(doc.media_spans) and (doc.media_spans[:, 1] - doc.media_spans[:, 0] > seq_len).any()
             assert policy == "drop" or long_span
     feed = iter(chunks)
@@ -87,6 +90,16 @@ def test_packing_never_splits_a_span_and_keeps_every_token(docs, seq_len, pool, 
         for s, e in doc.media_spans:
             assert any(_contains(p, tuple(doc.ids[s:e].tolist())) for p in packed)
     assert sorted(packed) == sorted(tuple(c.ids.tolist()) for c, _ in chunks)
+
+
+def _same_doc(a: Doc, b: Doc) -> bool:
+    return (
+        np.array_equal(a.ids, b.ids)
+        and np.array_equal(a.modality, b.modality)
+        and (a.loss is None) == (b.loss is None)
+        and (a.loss is None or np.array_equal(a.loss, b.loss))
+        and np.array_equal(a.media_spans.reshape(-1, 2), b.media_spans.reshape(-1, 2))
+    )
 
 
 def _contains(seq: tuple, sub: tuple) -> bool:

@@ -81,6 +81,12 @@ def test_many_requests_make_a_grid_marked_by_score_and_videos_show_frames(tmp_pa
         assert _has_colour(sheet, rgb), rgb
     wide, tall = Image.open(sheet).size
     assert tall > 0.2 * wide  # two rows of ten (12 items): one row would be ~0.15 as tall as wide
+    # each drawn video shows four of its frames (0, 1, 3, 4: levels 40, 80, 160, 200) as flat grey tiles, each
+    # tile some 60 x 60 pixels of the sheet: 12 cells make tens of thousands of pixels of every level
+    pixels = np.asarray(Image.open(sheet).convert("RGB")).reshape(-1, 3).astype(int)
+    grey = (pixels[:, 0] == pixels[:, 1]) & (pixels[:, 1] == pixels[:, 2])
+    for level in (40, 80, 160, 200):
+        assert (grey & (np.abs(pixels[:, 0] - level) <= 1)).sum() > 12 * 1000, level
 
 
 def test_a_sheet_that_cannot_be_drawn_is_listed_and_the_files_stay(tmp_path, monkeypatch):

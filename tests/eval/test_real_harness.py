@@ -20,6 +20,7 @@ from omniseq.eval.real import (
     AUDIO_RATE,
     RealEvalConfig,
     budget,
+    candidate_scores,
     chance,
     chance_tail,
     evaluate,
@@ -151,7 +152,8 @@ def test_rank_candidates_picks_the_answer_the_prompt_raises_not_the_likeliest(ti
 
 def test_rank_candidates_batched_scores_equal_one_by_one(tiny_layout, text_tokenizer):
     """Right-padding the candidates and their twins into one batch must not change any score: compare with a
-    real (random) transformer scoring each candidate alone, after the prompt and after its twin."""
+    real (random) transformer scoring each candidate alone, after the prompt and after its twin; the scores
+    are each candidate's name plus the turn's <|end|>, after the prompt minus after its unconditional twin."""
     from omniseq.model.config import model_config
     from omniseq.model.transformer import Transformer
 
@@ -171,9 +173,11 @@ def test_rank_candidates_batched_scores_equal_one_by_one(tiny_layout, text_token
     pmi = []
     for cand in CANDIDATES:
         answer = codec.encode([*prompt, Segment("text", text=cand, role="assistant")]).ids[len(head) : -1]
+        assert answer[-1] == tiny_layout.id("<|end|>") and len(answer) > 1  # the name, then the turn's end
         pmi.append(logp_after(head, answer) - logp_after(uncond_prompt(tiny_layout, head), answer))
         assert rank_candidates(session, Item("emoji2text", "emoji", prompt, {"candidates": [cand, cand]})) == 0
     item = Item("emoji2text", "emoji", prompt, {"candidates": CANDIDATES, "label": CANDIDATES[0]})
+    np.testing.assert_allclose(candidate_scores(session, item), pmi, rtol=0, atol=1e-4)
     assert rank_candidates(session, item) == int(np.argmax(pmi))
 
 

@@ -51,13 +51,20 @@ class ToyImageTokenizer(MediaTokenizer):
 
 
 def test_save_load_gives_the_same_codes_and_fingerprint(tmp_path):
-    tok = ToyImageTokenizer(8)
+    # a learned (non-default) table: a load that fell back to the default linspace would differ
+    table = torch.tensor([3.0, 17.0, 40.0, 90.0, 130.0, 171.0, 222.0, 250.0])
+    tok = ToyImageTokenizer(8, table)
+    assert not torch.equal(table, ToyImageTokenizer(8).table)
     img = np.random.default_rng(0).integers(0, 256, (4, 4))
     again = load_tokenizer(tok.save(tmp_path / "tok"))
     assert isinstance(again, ToyImageTokenizer)
+    torch.testing.assert_close(again.table, table, rtol=0, atol=0)
+    assert again.weights().keys() == tok.weights().keys()
     np.testing.assert_array_equal(again.encode(img), tok.encode(img))
     assert again.fingerprint() == tok.fingerprint()
-    assert ToyImageTokenizer.load(tmp_path / "tok").fingerprint() == tok.fingerprint()
+    by_class = ToyImageTokenizer.load(tmp_path / "tok")
+    torch.testing.assert_close(by_class.table, table, rtol=0, atol=0)
+    assert by_class.fingerprint() == tok.fingerprint()
 
 
 def test_fingerprint_follows_config_and_weights():

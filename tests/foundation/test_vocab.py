@@ -63,6 +63,11 @@ def test_modality_table_marks_every_range():
     assert (table[100 : 100 + len(SPECIAL_TOKENS)] == -1).all()
     lo, hi = L.code_range("audio")
     assert (table[lo:hi] == 2).all()
+    # image codes read as image (MODALITY_ID 1); video frames share that range, so they read as image too
+    lo, hi = L.code_range("image")
+    assert hi - lo == 32 and (table[lo:hi] == 1).all()
+    assert L.code_range("video") == (lo, hi)
+    assert table.shape == (L.size,) and set(np.unique(table).tolist()) == {-1, 0, 1, 2}
 
 
 def test_manifest_round_trip_and_hash(tmp_path):

@@ -85,8 +85,17 @@ def test_a_cache_in_another_dtype_than_the_model_decodes(model):
     prompts, lengths = torch.randint(0, V, (2, 6)), torch.tensor([6, 4])
     model.setup_cache(batch_size=2, max_seq_len=16)
     with torch.no_grad():
-        _, reference = greedy_continuation(model, prompts, lengths, steps=3)
+        tokens, reference = greedy_continuation(model, prompts, lengths, steps=3)
         half = model.to(torch.bfloat16)
         half.setup_cache(batch_size=2, max_seq_len=16, dtype=torch.float32)
-        _, mixed = greedy_continuation(half, prompts, lengths, steps=1)
-    torch.testing.assert_close(mixed[0].float(), reference[0], rtol=0.05, atol=0.05)
+        assert half.layers[0].attn.cache.k.dtype == torch.float32 and half.embed.weight.dtype == torch.bfloat16
+        # the fp32 model's tokens are fed back (bf16 may pick another argmax): the prefill and 3 decode steps
+        mixed = [half.prefill(prompts, lengths)]
+        positions = lengths.clone()
+        for s in range(tokens.shape[1]):
+            mixed.append(half.decode_step(tokens[:, s, None], positions))
+            positions += 1
+    assert len(mixed) == len(reference) == 4
+    for step, (got, want) in enumerate(zip(mixed, reference)):
+        assert got.dtype == torch.float32 and want.abs().max() > 0.1  # logits worth comparing, not zeros
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05, msg=lambda m, step=step: f"step {step}: {m}")

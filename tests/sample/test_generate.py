@@ -228,13 +228,33 @@ def test_right_pad_and_cacheless_decoder_follow_the_cache_layout():
     assert seen[-1].tolist() == [[5, 6, 7, 1], [9, 2, 0, 0]]
 
 
-def test_progress_bar_and_early_stop(tiny_layout, capsys):
+class CountingDecoder(CachelessDecoder):
+    """Counts the decode steps the loop asks for."""
+
+    steps = 0
+
+    def decode_step(self, input_ids, positions):
+        self.steps += 1
+        return super().decode_step(input_ids, positions)
+
+
+def test_progress_bar_and_early_stop(tiny_layout, text_tokenizer, capsys):
     L = tiny_layout
+    eos, word = L.id("<eos>"), int(text_tokenizer.encode("cat")[0])
     model = RandomLogits(L, 0)
-    model.table[:, L.id("<eos>")] += 100  # every row ends at once
+    model.table[:] = 0.0
+    model.table[:, word] = 50.0  # a plain text token, until...
+    model.pos[:] = 0.0
+    model.pos[12, eos] = 100.0  # ...the logits at position 12 end the row: rows of different prompts end apart
+    prompts = [[L.id("<bos>")], [L.id("<bos>"), *[word] * 5]]
     cfg = GenerateConfig(max_new_tokens=500, progress=True, stop_check_every=4)
-    out = generate(model.decoder(), L, [[L.id("<bos>")]] * 2, cfg)
-    assert [o.tolist() for o in out] == [[L.id("<eos>")]] * 2
+    decoder = CountingDecoder(model)
+    out = generate(decoder, L, prompts, cfg)
+    assert [o.tolist() for o in out] == [[word] * 12 + [eos], [word] * 7 + [eos]]
+    # the last row finished at step 12 (0-based); the loop checks every 4 steps, so it stops by step 12 + 4,
+    # not after the 500-token budget; each step but the last asks the decoder for the next logits
+    last_done = max(len(o) for o in out) - 1
+    assert last_done + 1 <= decoder.steps + 1 <= last_done + 1 + cfg.stop_check_every
     assert "generate" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@ resume equivalence after SIGKILL."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -28,7 +29,7 @@ def test_stage_chain_two_processes(train_world, tmp_path, zero):
                            "options": {"cond_dropout": 0.1}})  # fmt: skip
     launch(sft, nproc=2)
     result = json.loads((tmp_path / "sft" / "result.json").read_text())
-    assert result["train/loss"] == pytest.approx(result["train/loss"])  # finite
+    assert math.isfinite(result["train/loss"])
     model, layout = load_export(tmp_path / "sft" / "export", train_world["layout"])
     assert layout.hash == train_world["layout"].hash and model.cfg.vocab_size == layout.size
     first, last = losses(tmp_path / "stage1")[1], losses(tmp_path / "sft")[4]
