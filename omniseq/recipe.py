@@ -357,17 +357,14 @@ class Recipe:
             cfg = RealEvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
                                  scorers=str(self.out / "scorers"), out=str(self.out / "eval"), seed=self.cfg.seed,
                                  sample=sample, **({"data": self.cfg.data} if self.cfg.data else {}))  # fmt: skip
-            cfg = load_config(cfg, None, self.cfg.eval_overrides)
-            check_config(cfg)
-            return cfg
-        from omniseq.eval.harness import EvalConfig
-        from omniseq.eval.harness import check_config as harness_check
+        else:
+            from omniseq.eval.harness import EvalConfig, check_config
 
-        cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
-                         out=str(self.out / "eval"), sample=sample,
-                         perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
+            cfg = EvalConfig(corpus=str(self.out / "corpus"), per_direction=self.cfg.eval_per_direction,
+                             out=str(self.out / "eval"), sample=sample,
+                             perplexity_sources=[str(self.out / "shards" / "pairs_eval")])  # fmt: skip
         cfg = load_config(cfg, None, self.cfg.eval_overrides)
-        harness_check(cfg)
+        check_config(cfg)
         return cfg
 
     def eval(self) -> str:

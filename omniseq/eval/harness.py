@@ -116,12 +116,14 @@ def budget(item: Item, layout, text_tokens: int) -> int:
     return int(3 * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4  # audio: up to 3 seconds
 
 
-def at_rate(wave, rate: float, target: int) -> np.ndarray:
-    """A clip decoded at its codec's `rate` -> float32 at `target` Hz, the one rate an analyser or scorer reads
-    (16 kHz): an EnCodec decodes at 24 or 32 kHz, and the spoken-digit scorer read 35 of 100 FSDD clips right
-    fed them at 24 kHz as they were, against 98 at 16 kHz (each sound half as long again, a third lower).
-    Band-limited through soxr as every audio input is (audio_io.resample); [C, N] is resampled per channel."""
-    wave = np.asarray(wave, np.float32)
+def as_heard(codec, media, modality: str, target: int):
+    """Decoded media as an analyser or scorer reads it: audio resampled from its codec's rate to `target` Hz
+    (16 kHz), anything else as it is. An EnCodec decodes at 24 or 32 kHz, and the spoken-digit scorer read 35 of
+    100 FSDD clips right fed them at 24 kHz as they were, against 98 at 16 kHz (each sound half as long again, a
+    third lower). Band-limited through soxr as every audio input is (audio_io.resample); [C, N] per channel."""
+    if modality != "audio":
+        return media
+    wave, rate = np.asarray(media, np.float32), media_rate(codec, "audio")
     if wave.ndim == 2:
         return np.stack([resample(channel, rate, target) for channel in wave])
     return resample(wave, rate, target)
@@ -145,9 +147,7 @@ def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt
                 pred = {}
             else:
                 decoded = session.codec.render(media)  # at the codec's rate: the gallery plays it so
-                heard = decoded
-                if KIND_MODALITY[item.kind] == "audio":
-                    heard = at_rate(decoded, media_rate(session.codec, "audio"), SAMPLE_RATE)
+                heard = as_heard(session.codec, decoded, KIND_MODALITY[item.kind], SAMPLE_RATE)
                 pred = analyse(item.kind, heard, recogniser) if item.kind != "speech" or recogniser else {}
         scores = compare(item.kind, pred, item.meta)
         rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
@@ -178,13 +178,17 @@ def task_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {t: mean_scores(rs) for t, rs in by_task.items()}
 
 
+def check_rows(per_direction: int, references: list[str], known: tuple[str, ...]) -> None:
+    """ConfigError naming the key, before the model loads (this table's and the real one's): per_direction 0
+    scored nothing, and a misspelt reference row (`blnd`) was left out without a word."""
+    if per_direction < 1:
+        raise ConfigError(f"per_direction: expected at least 1 held-out item per task, got {per_direction}")
+    if unknown := sorted(set(references) - set(known)):
+        raise ConfigError(f"references: {unknown} unknown; expected a list of {list(known)}, or [] for none")
+
+
 def check_config(cfg: EvalConfig) -> None:
-    """ConfigError naming the key, before the model loads: per_direction 0 scored nothing, and a misspelt
-    reference row (`blnd`) was left out without a word."""
-    if cfg.per_direction < 1:
-        raise ConfigError(f"per_direction: expected at least 1 held-out item per direction, got {cfg.per_direction}")
-    if unknown := sorted(set(cfg.references) - set(REFERENCES)):
-        raise ConfigError(f"references: {unknown} unknown; expected a list of {list(REFERENCES)}, or [] for none")
+    check_rows(cfg.per_direction, cfg.references, REFERENCES)
 
 
 def evaluate(cfg: EvalConfig) -> dict:

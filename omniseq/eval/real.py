@@ -43,7 +43,7 @@ from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
 from omniseq.eval.gallery import write_gallery
-from omniseq.eval.harness import Item, at_rate, load_items
+from omniseq.eval.harness import Item, as_heard, check_rows, load_items
 from omniseq.eval.metrics import edit_distance
 from omniseq.eval.real_scorers import SAMPLE_RATE, load_or_train
 from omniseq.model.transformer import Transformer
@@ -66,7 +66,7 @@ KIND_MODALITY = {
 SCORER_OF = {"digit_image": "digit_image", "digit_speech": "spoken_digit", "sound": "sound"}  # kind -> scorer
 CANDIDATE_TASKS = ("emoji2text", "emoji_video2text")
 AUDIO_SECONDS = {"digit_speech": 1.5, "sound": 2.2, "speech": 10.0}  # generation budget per target kind
-AUDIO_RATE = SAMPLE_RATE  # the scorers' input rate; decoded audio is resampled to it from its codec's (at_rate)
+AUDIO_RATE = SAMPLE_RATE  # the scorers' input rate; decoded audio is resampled to it from its codec's (as_heard)
 ROWS = ("trained", "specialist", "tokenizer", "random", "chance")
 REFERENCES = ("random",)  # the model rows `references` may add
 
@@ -237,21 +237,16 @@ def score_model(
                 score = (word_accuracy(text, item.meta["label"]) if src == "speech"
                          else float(normalise(text) == normalise(item.meta["label"])))  # fmt: skip
             else:
-                heard = None if media is None else str(scorers[dst].predict([scorer_input(session, media, dst)])[0])
+                heard = None
+                if media is not None:
+                    clip = as_heard(session.codec, media, KIND_MODALITY[dst], AUDIO_RATE)
+                    heard = str(scorers[dst].predict([clip])[0])
                 score = float(heard == item.meta["label"])
         scores.append(score)
         made.append(media)
         said.append({"task": item.task, "id": item.meta.get("id"), "label": item.meta["label"], "text": text,
                      "scored_as": heard, "score": score})  # fmt: skip
     return scores, said, made
-
-
-def scorer_input(session: SamplingSession, media, kind: str):
-    """Decoded media of `kind` as its scorer reads it: audio resampled from its codec's rate to AUDIO_RATE (a
-    24 kHz EnCodec decode fed as it is reads as a slower, lower sound); images as they are."""
-    if KIND_MODALITY[kind] != "audio":
-        return media
-    return at_rate(media, media_rate(session.codec, "audio"), AUDIO_RATE)
 
 
 def media_of(item: Item, kind: str):
@@ -277,7 +272,7 @@ def reference_scores(session: SamplingSession, items: list[Item], scorers: dict)
         tok = session.codec.media[KIND_MODALITY[kind]]
         real = load_image(media) if KIND_MODALITY[kind] == "image" else load_audio(media, AUDIO_RATE).samples
         rows["specialist"].append(float(scorers[kind].predict([real])[0] == item.meta["label"]))
-        trip = scorer_input(session, tok.decode(tok.encode(media)), kind)
+        trip = as_heard(session.codec, tok.decode(tok.encode(media)), KIND_MODALITY[kind], AUDIO_RATE)
         rows["tokenizer"].append(float(scorers[kind].predict([trip])[0] == item.meta["label"]))
     return rows
 
@@ -352,12 +347,9 @@ def check_config(cfg: RealEvalConfig) -> None:
     was left out without a word."""
     if cfg.chain_draw_from not in ("turn", "words"):
         raise ConfigError(f"chain_draw_from: expected turn or words, got {cfg.chain_draw_from!r}")
-    if cfg.per_direction < 1:
-        raise ConfigError(f"per_direction: expected at least 1 held-out item per task, got {cfg.per_direction}")
+    check_rows(cfg.per_direction, cfg.references, REFERENCES)
     if cfg.ranked_per_direction < 0:
         raise ConfigError(f"ranked_per_direction: expected 0 (every item) or more, got {cfg.ranked_per_direction}")
-    if unknown := sorted(set(cfg.references) - set(REFERENCES)):
-        raise ConfigError(f"references: {unknown} unknown; expected a list of {list(REFERENCES)}, or [] for none")
 
 
 def evaluate(cfg: RealEvalConfig) -> dict:
