@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover
 
 T = TypeVar("T")
 _YAML = object()  # `_plain`: no rule applies, YAML's reading stands
-_DECIMAL = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?\d+(?:_\d+)*")  # 1_000 as Python reads it
 _NULLS = ("", "~", "null", "Null", "NULL")
 
 
@@ -116,7 +116,8 @@ def load_config(schema: type[T] | T, path: str | Path | None = None, overrides: 
 # -- reading values ---------------------------------------------------------------------------------
 def _plain(text: str, kind: Any) -> Any:
     """An unquoted value `text` for a field of type `kind`, or `_YAML` where YAML's reading stands. YAML 1.1
-    would read a str `no` as False, `0123` as 83 and `1e-5` as a float, and an int `010` as octal 8."""
+    would read a str `no` as False, `0123` as 83 and `1e-5` as a float, and an int `010` as octal 8 and
+    `1:30` as 90: an int field takes decimal digits only."""
     kind, optional = _unwrap_optional(kind)
     if optional and text.strip() in _NULLS:
         return None
@@ -124,6 +125,8 @@ def _plain(text: str, kind: Any) -> Any:
         return text
     if kind in (int, float) and _DECIMAL.fullmatch(text.strip()):
         return int(text.strip(), 10)
+    if kind is int:  # 0x10, 0b1, 1:30 (YAML 1.1's base 60: 90): the text, which the schema check refuses by key
+        return text
     return _YAML
 
 

@@ -125,6 +125,7 @@ def _get(cfg, key: str):
     "key, text, value",
     [
         ("steps", "010", 10),  # YAML 1.1: octal 8
+        ("steps", "1_000", 1000),  # as Python reads it
         ("lr", "010", 10.0),
         ("lr", "1e-5", 1e-5),  # YAML 1.1 in a file: the string "1e-5"
         ("seed", "010", 10),  # int | None
@@ -272,3 +273,13 @@ def test_a_bad_interpolation_names_the_source_that_wrote_it(tmp_path):
 def test_saved_strings_that_look_like_other_values_load_back(tmp_path):
     cfg = Typed(tag="1e-5", items=["no", "0123", "2024-05-01"], extra={"z": "1e-5", "n": "no", "i": "010", "e": ""})
     assert load_config(Typed, save_config(cfg, tmp_path / "resolved.yaml")) == cfg
+
+
+@pytest.mark.parametrize("text", ["0x10", "1:30", "0o17", "true", "1.5"])
+def test_an_int_field_takes_decimal_digits_only(tmp_path, text):
+    """YAML 1.1 reads 0x10 as 16 and 1:30 (base 60) as 90; a step count written so is a mistake to name."""
+    (tmp_path / "stage.yaml").write_text(f"steps: {text}\n")
+    with pytest.raises(ConfigError, match=r"stage.yaml: key 'steps'"):
+        load_config(Typed, tmp_path / "stage.yaml")
+    with pytest.raises(ConfigError, match=r"command line: key 'steps'"):
+        load_config(Typed, None, [f"steps={text}"])
