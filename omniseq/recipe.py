@@ -69,7 +69,7 @@ class RecipeConfig:
     text_vocab: int = 1000  # sentencepiece pieces of the text tokenizer
     image_tokenizer: str = "configs/tokenizers/image_demo.yaml"  # training config of the image VQ
     audio_tokenizer: str = "configs/tokenizers/audio_spec_demo.yaml"  # training config of the audio codec
-    image_sources: list[str] = field(default_factory=lambda: ["media/image"])  # under the corpus folder
+    image_sources: list[str] = field(default_factory=lambda: ["media/image/train"])  # under the corpus folder
     audio_sources: list[str] = field(  # under the corpus folder: train-split pair files
         default_factory=lambda: ["melody.train.jsonl", "sound.train.jsonl", "speech.train.jsonl"]
     )

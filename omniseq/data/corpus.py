@@ -228,7 +228,7 @@ def write_corpus_file(out: Path, name: str, split: str, fmt: str, rows: list[dic
 def clear_corpus_outputs(out: Path, kinds: list[str] | tuple[str, ...]) -> None:
     """Remove what a corpus builder writes into `out` (its JSONL files, text.txt, index.json, media/<kind>/), so
     a rebuild with fewer kinds or items leaves nothing stale that the later steps read (the image tokenizer
-    trains on all of media/image; a shard set is built wherever its JSONL exists). Other files are kept."""
+    trains on all of media/<kind>/train; a shard set is built wherever its JSONL exists). Other files are kept."""
     for name in (*kinds, "interleaved", "sft", "text"):
         for split in ("train", "eval"):
             (out / f"{name}.{split}.jsonl").unlink(missing_ok=True)

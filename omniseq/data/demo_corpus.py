@@ -6,7 +6,7 @@ No downloaded data: every item is rendered here (omniseq.data.demo_media) and ca
 ground truth, so the evaluation harness can read attributes back from generated media and score them
 (omniseq.eval). The same seed and config give byte-identical files. Written under `--out`:
 
-    media/{image,melody,sound,speech,video}/<id>.{png,wav,npz|mp4}
+    media/{image,melody,sound,speech,video}/{train,eval}/<id>.{png,wav,npz|mp4}
     {image,melody,sound,speech,video}.{train,eval}.jsonl  pairs  {"image": path, "text": ..., "meta": {...}}
     interleaved.{train,eval}.jsonl                        {"segments": [...], "meta": {"items": [...]}}
     sft.{train,eval}.jsonl                                {"messages": [... with "role"], "meta": {...}}
@@ -36,6 +36,11 @@ from omniseq.data.corpus import clear_corpus_outputs, write_corpus_file
 
 KINDS = ("image", "melody", "sound", "speech", "video")
 MODALITY = {"image": "image", "melody": "audio", "sound": "audio", "speech": "audio", "video": "video"}
+# Kinds held out by caption: their captions are compositions (attributes, note sequences), so a held-out item
+# must be a composition the model never trained on. Sounds and speech name a class or one of 40 utterances:
+# they are held out by recording (other parameters, other voices), since a class never heard cannot be named.
+SPLIT_BY_CAPTION = ("image", "melody", "video")
+MIN_SIZE = 24  # pixels: the smallest scene or frame where every shape at both sizes has its own mask
 SCALES = {  # items per kind; interleaved documents are drawn from these items
     "tiny": dict(image=24, melody=12, sound=14, speech=10, video=8, interleaved=8),
     "small": dict(image=2000, melody=2000, sound=500, speech=300, video=300, interleaved=300),
@@ -67,13 +72,13 @@ class DemoConfig:
     scale: str = "tiny"  # item counts preset: tiny (CI smoke test, seconds) | small (CPU demo) | medium
     seed: int = 0  # fixes every byte of the corpus and the train/eval split
     counts: dict[str, int] = field(default_factory=dict)  # per-kind overrides of the preset, e.g. counts.image=50
-    eval_fraction: float = 0.1  # share of each kind held out for evaluation (at least one item per kind)
+    eval_fraction: float = 0.1  # share of each kind held out for evaluation; scenes, melodies, videos by caption
     image_size: int = 32  # square scenes; configs/tokenizers/image_tiny.yaml works at 32
     max_objects: int = 1  # scenes hold 1..max_objects shapes of distinct colours in distinct cells
     note_seconds: float = 0.25  # length of one melody note
     min_notes: int = 3  # notes per melody, inclusive range
     max_notes: int = 5
-    video_frames: int = 4  # frames per clip (8 made video a third of the SFT tokens of the CPU demo)
+    video_frames: int = 4  # frames per clip: 2 up to what keeps the moving shape in the frame (6 at size 32)
     video_size: int = 32  # square frames
     video_format: str = "npz"  # npz: exact uint8 [T, H, W, 3] under key "frames" | mp4: H.264 via PyAV
     speech: str = "auto"  # auto: when espeak-ng is installed | always: fail without it | never
@@ -108,14 +113,31 @@ def speech_enabled(cfg: DemoConfig) -> bool:
     return cfg.speech != "never" and found
 
 
-def eval_ids(n: int, fraction: float, rng: np.random.Generator) -> set[int]:
-    """Indices held out: a seeded permutation's first ceil(n * fraction), at least one when n > 1."""
-    k = min(n - 1, max(1, math.ceil(n * fraction))) if n > 1 else 0
-    return {int(i) for i in rng.permutation(n)[:k]}
+def held_out(keys: list[str], fraction: float, rng: np.random.Generator) -> set[int]:
+    """Indices held out: whole groups of equal keys, in a seeded order, until ceil(n * fraction) items.
+
+    Scenes, melodies and videos are drawn from small combinatorial worlds (432 scenes of one object), so an
+    item-level split held out many captions the model had trained on (105 of 200 eval scenes, 94 of 200
+    melodies in the small demo). Grouping by caption makes every held-out caption one the model never saw.
+    At least one group is held out and at least one kept when there are two or more groups; none otherwise.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    if len(groups) < 2:
+        return set()
+    order = list(groups)
+    target = math.ceil(len(keys) * fraction)
+    held: set[int] = set()
+    for j in rng.permutation(len(order))[: len(order) - 1]:  # never every group: training keeps one
+        if held and len(held) >= target:
+            break
+        held.update(groups[order[int(j)]])
+    return held
 
 
 def make_item(kind: str, i: int, rng: np.random.Generator, cfg: DemoConfig, out: Path) -> Item:
-    """Render item i of `kind` into out/media/<kind>/ and describe it."""
+    """Render item i of `kind` into out/media/<kind>/ (moved into its split's folder once the split is known)."""
     ident = f"{kind}-{i:06d}"
     ext = {"image": "png", "video": cfg.video_format}.get(kind, "wav")
     rel = f"media/{kind}/{ident}.{ext}"
@@ -189,23 +211,39 @@ def generate(cfg: DemoConfig, out: str | Path) -> dict:
         raise ConfigError(f"max_objects: expected 1..{len(dm.COLOURS)}, got {cfg.max_objects}")
     if not 1 <= cfg.min_notes <= cfg.max_notes:
         raise ConfigError(f"min_notes/max_notes: expected 1 <= min <= max, got {cfg.min_notes}, {cfg.max_notes}")
+    if not 0 < cfg.eval_fraction < 1:
+        raise ConfigError(f"eval_fraction: expected a share between 0 and 1, got {cfg.eval_fraction}")
+    for key in ("image_size", "video_size"):  # below 24 pixels two of the 8 shape-and-size masks coincide
+        if getattr(cfg, key) < MIN_SIZE:
+            raise ConfigError(f"{key}: expected at least {MIN_SIZE} pixels, got {getattr(cfg, key)}")
+    most = 1 + (cfg.video_size - dm.shape_sides(cfg.video_size)["large"]) // dm.VIDEO_STEP
+    if not 2 <= cfg.video_frames <= most:  # a direction needs two frames; the shape must stay inside the frame
+        raise ConfigError(f"video_frames: expected 2..{most} at video_size {cfg.video_size}, got {cfg.video_frames}")
     clear_corpus_outputs(out, KINDS)
     kinds = [k for k in KINDS if k != "speech" or speech_enabled(cfg)]
     notes = [] if "speech" in kinds else ["speech: left out (espeak-ng not installed or speech=never)"]
     splits: dict[str, dict[str, list[Item]]] = {s: {k: [] for k in kinds} for s in ("train", "eval")}
     bar = tqdm(total=sum(counts[k] for k in kinds), desc="demo corpus", unit="item")
     for kind in kinds:
-        (out / "media" / kind).mkdir(parents=True, exist_ok=True)
+        for split in ("train", "eval"):
+            (out / "media" / kind / split).mkdir(parents=True, exist_ok=True)
         # One stream per kind: changing one kind's count leaves the other kinds' bytes alone.
         rng = np.random.default_rng([cfg.seed, KINDS.index(kind)])
-        # by the kind's place in KINDS, not in `kinds`: the split must not depend on whether speech is made
-        held = eval_ids(counts[kind], cfg.eval_fraction, np.random.default_rng([cfg.seed, 100 + KINDS.index(kind)]))
+        items = []
         for i in range(counts[kind]):
-            item = make_item(kind, i, rng, cfg, out)
+            items.append(make_item(kind, i, rng, cfg, out))
+            bar.update()
+        keys = [it.text if kind in SPLIT_BY_CAPTION else it.id for it in items]
+        # by the kind's place in KINDS, not in `kinds`: the split must not depend on whether speech is made
+        held = held_out(keys, cfg.eval_fraction, np.random.default_rng([cfg.seed, 100 + KINDS.index(kind)]))
+        for i, item in enumerate(items):
             split = "eval" if i in held else "train"
+            # media/<kind>/<split>/: the tokenizers train on the train folder and never see a held-out item
+            moved = f"media/{kind}/{split}/{Path(item.path).name}"
+            (out / item.path).rename(out / moved)
+            item.path = moved
             item.meta["split"] = split
             splits[split][kind].append(item)
-            bar.update()
     bar.close()
 
     corpora = []

@@ -37,9 +37,11 @@ def test_same_seed_gives_identical_files(corpus, tmp_path):
 
 def test_another_seed_gives_other_media(corpus, tmp_path):
     dc.generate(dc.DemoConfig(seed=1, **TINY), tmp_path / "c")
-    first, other = files(corpus), files(tmp_path / "c")
-    media = [k for k in first if k.startswith("media/image/")]
-    assert sum(first[k] != other[k] for k in media) > len(media) // 2
+    # by item id: the two seeds hold out other items, so an image may sit in another split's folder
+    first, other = ({Path(k).name: v for k, v in files(root).items() if k.startswith("media/image/")}
+                    for root in (corpus, tmp_path / "c"))  # fmt: skip
+    assert first.keys() == other.keys()
+    assert sum(first[k] != other[k] for k in first) > len(first) // 2
 
 
 def test_every_line_parses_and_its_media_exists(corpus):
@@ -72,6 +74,45 @@ def test_split_holds_out_items_of_every_kind(corpus):
         held = [json.loads(x)["meta"]["id"] for x in (corpus / f"{kind}.eval.jsonl").read_text().splitlines()]
         assert len(held) >= 1 and not set(train) & set(held)
         assert len(train) + len(held) == TINY["counts"][kind] == counts["train"] + counts["eval"]
+
+
+def test_held_out_scenes_melodies_and_videos_have_captions_never_trained_on(tmp_path):
+    """In worlds this small an item split held out half its scenes' captions seen in training (leakage).
+    Two-note melodies (42 kinds), 60 scenes and 200 videos (96 kinds) make captions repeat, testing the grouping."""
+    cfg = dc.DemoConfig(speech="never", scale="tiny", min_notes=2, max_notes=2,
+                        counts={"image": 60, "melody": 80, "sound": 40, "video": 200})  # fmt: skip
+    dc.generate(cfg, tmp_path)
+    for kind in ("image", "melody", "video", "sound"):
+        rows = {s: [json.loads(x)["text"] for x in (tmp_path / f"{kind}.{s}.jsonl").read_text().splitlines()]
+                for s in ("train", "eval")}  # fmt: skip
+        shared = set(rows["train"]) & set(rows["eval"])
+        assert len(rows["eval"]) >= 0.1 * (len(rows["train"]) + len(rows["eval"])), kind
+        if kind in dc.SPLIT_BY_CAPTION:
+            assert len(set(rows["eval"])) < len(rows["eval"]) and not shared, kind  # repeats, all held out together
+        else:
+            assert shared, kind  # sounds are held out by recording: their classes are trained on
+
+
+def test_held_out_takes_whole_groups_and_keeps_one_for_training():
+    keys = ["a"] * 5 + ["b"] * 3 + ["c"] + ["d"] * 2
+    for seed in range(20):
+        held = dc.held_out(keys, 0.3, np.random.default_rng(seed))
+        groups_held = {keys[i] for i in held}
+        assert held == {i for i, k in enumerate(keys) if k in groups_held}  # no group is split
+        assert len(held) >= 0.3 * len(keys) and len(groups_held) < 4
+    assert dc.held_out(["a", "a", "a"], 0.5, np.random.default_rng(0)) == set()  # one caption: nothing to hold out
+    assert len(dc.held_out(["a", "b"], 0.9, np.random.default_rng(0))) == 1
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [({"eval_fraction": 1.0}, "eval_fraction"), ({"image_size": 16}, "image_size: expected at least 24"),
+     ({"video_size": 20}, "video_size"), ({"video_frames": 1}, "video_frames: expected 2..6 at video_size 32"),
+     ({"video_frames": 8}, "video_frames")],
+)  # fmt: skip
+def test_bad_sizes_and_shares_are_refused(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        dc.generate(dc.DemoConfig(speech="never", **TINY, **override), tmp_path)
 
 
 def test_sft_has_both_directions_with_roles(corpus):
@@ -131,12 +172,12 @@ def test_cli_writes_corpus_and_rejects_bad_config(tmp_path, capsys):
 
 def test_a_rebuild_into_the_same_folder_leaves_nothing_stale(tmp_path):
     """A rebuild with fewer items and no speech removes the old build's files that later steps would read
-    (the image tokenizer trains on all of media/image; a speech shard set is built where speech.*.jsonl is)."""
+    (the image tokenizer trains on all of media/image/train; a speech shard set is built where speech.*.jsonl is)."""
     (tmp_path / "notes.md").write_text("mine")
     dc.generate(dc.DemoConfig(**TINY), tmp_path)
     smaller = {**TINY, "counts": {**TINY["counts"], "image": 5}}
     index = dc.generate(dc.DemoConfig(speech="never", **smaller), tmp_path)
-    assert len(list((tmp_path / "media" / "image").glob("*.png"))) == 5 == sum(index["counts"]["image"].values())
+    assert len(list((tmp_path / "media" / "image").rglob("*.png"))) == 5 == sum(index["counts"]["image"].values())
     assert not list(tmp_path.glob("speech.*.jsonl")) and not (tmp_path / "media" / "speech").exists()
     assert (tmp_path / "notes.md").read_text() == "mine"  # what the builder did not write stays
 
