@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import omniseq.eval.harness as harness
 from omniseq.data import demo_media as dm
@@ -83,3 +84,29 @@ def test_eval_keys_it_would_act_on_wrongly_are_refused_before_loading(tmp_path, 
 
     with pytest.raises(ConfigError, match=match):
         harness.evaluate(EvalConfig(corpus=str(tmp_path / "none"), **keys))
+
+
+def test_the_tokenizer_row_scores_each_items_own_media_after_the_round_trip(tmp_path):
+    """The answer of text -> image and the question of image -> text go through the tokenizer and the analyser;
+    a tokenizer that keeps the scene scores it right, one that loses it scores it wrong, and a file asked
+    about in both directions is encoded once."""
+    rng = np.random.default_rng(0)
+    scene, objects = dm.render_scene(rng, 32, 1)
+    dm.save_png(scene, tmp_path / "s.png")
+    path = str(tmp_path / "s.png")
+    image = Segment("image", media=path, role="user")
+    items = [
+        Item("text2image", "image", [Segment("text", text="draw it", role="user")], {"objects": objects},
+             [Segment("image", media=path, role="assistant")]),
+        Item("image2text", "image", [image, Segment("text", text="what is it?", role="user")], {"objects": objects}),
+    ]  # fmt: skip
+    encoded = []
+
+    def session(decode):
+        tok = SimpleNamespace(encode=lambda media: encoded.append(media) or np.asarray(media), decode=decode)
+        return SimpleNamespace(codec=SimpleNamespace(media={"image": tok}))
+
+    kept = harness.tokenizer_rows(session(lambda codes: np.asarray(Image.open(str(codes)).convert("RGB"))), items, None)
+    assert [r["main"] for r in kept] == [1.0, 1.0] and encoded == [path]
+    lost = harness.tokenizer_rows(session(lambda codes: np.zeros((32, 32, 3), np.uint8)), items, None)
+    assert [r["main"] for r in lost] == [0.0, 0.0]
