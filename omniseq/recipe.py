@@ -27,7 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from omniseq.config import ConfigError, config_sources, load_config
-from omniseq.train.config import STOPPED_EXIT
+from omniseq.train.config import STOPPED_EXIT, STOPPED_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("corpus", "tokenizers", "vocab", "shards", "stage1", "stage2", "stage3", "sft", "samples", "eval")
@@ -124,11 +124,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str]) -> None:
-    """A step's subprocess, its output streamed; a failure stops the recipe with the command named."""
+def run(cmd: list[str], stopped: Path | None = None) -> None:
+    """A step's subprocess, its output streamed; a failure stops the recipe with the command named. A stage
+    stopped by SIGTERM exits 143, but torchrun reports its ranks' stop as 1: `stopped`, the stage's
+    STOPPED_FILE, tells the two apart."""
     print("  $", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=REPO)
-    if rc == STOPPED_EXIT:
+    if rc == STOPPED_EXIT or rc != 0 and stopped is not None and stopped.is_file():
         raise SystemExit(
             f"recipe step stopped by SIGTERM after a checkpoint (rerun the recipe to resume): {' '.join(cmd)}"
         )
@@ -213,12 +215,17 @@ class Recipe:
         from omniseq.tokenizers.video import FrameVideoConfig, FrameVideoTokenizer
 
         corpus = self.out / "corpus"
+        images = [corpus / s for s in self.cfg.image_sources]
+        missing = [str(p) for p in images if not p.is_dir()]  # a real corpus without emoji has no emoji folder
+        if len(missing) == len(images):
+            raise ConfigError(f"image_sources: {missing} not found; rebuild the corpus (--redo corpus: corpora "
+                              "built before 2026-12-08 keep their scenes in media/image) or fix the key")  # fmt: skip
+        if missing:
+            print(f"  image_sources: {missing} not in this corpus; the image tokenizer trains without them")
         text, _ = TextTokenizer.train([corpus / "text.txt"], self.tok / "text",
                                       TextTrainConfig(vocab_size=self.cfg.text_vocab, seed=self.cfg.seed))  # fmt: skip
-        # The audio codec trains on the train split's files only. The image trainer reads folders: the real
-        # corpus keeps its train images apart; the demo's folder holds the held-out scenes too (a tokenizer,
-        # not the model: the eval measures the model's mapping).
-        images = [corpus / s for s in self.cfg.image_sources]
+        # Both tokenizers train on the train split only: the audio codec on its pair files, the image VQ on the
+        # train folders (media/<kind>/train in either world), so no held-out item shapes a codebook.
         audio = [corpus / s for s in self.cfg.audio_sources]
         self._train_media_tokenizers({
             "image": (self.cfg.image_tokenizer, images, self.cfg.image_overrides),
@@ -265,7 +272,9 @@ class Recipe:
             overrides.append(f"data.sources=[{srcs}]")
         launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cfg.nproc}",
                   f"--master_port={free_port()}"] if self.cfg.nproc > 1 else [sys.executable]  # fmt: skip
-        run([*launch, "-m", "omniseq.train", "--config", str(config), *overrides])
+        marker = Path(stage.out_dir) / STOPPED_FILE
+        marker.unlink(missing_ok=True)  # the trainer removes it too, but a run that fails before that must not find it
+        run([*launch, "-m", "omniseq.train", "--config", str(config), *overrides], stopped=marker)
         result = json.loads((Path(stage.out_dir) / "result.json").read_text())
         held = f"; held-out {result['eval/loss']:.3f}" if "eval/loss" in result else ""
         short = result.get("steps", stage.steps) < stage.steps

@@ -238,3 +238,30 @@ def test_a_batch_size_in_sample_overrides_reaches_the_eval_step():
     assert plain.eval_config().sample.batch_size == 16  # the eval's own default
     mine = Recipe(load_config(RecipeConfig, None, ["sample_overrides=[batch_size=4]"]))
     assert mine.eval_config().sample.batch_size == 4
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_step_that_exits_1_is_a_stop_only_when_its_stage_says_it_stopped(tmp_path, marked):
+    """torchrun exits 1 when SIGTERM stopped its ranks: with the stage's stopped.json the recipe says "stopped
+    ... rerun to resume", without it "failed"."""
+    from omniseq.recipe import run
+
+    marker = tmp_path / "stopped.json"
+    if marked:
+        marker.write_text('{"step": 3}\n')
+    with pytest.raises(SystemExit) as e:
+        run([sys.executable, "-c", "raise SystemExit(1)"], stopped=marker)
+    assert ("stopped by SIGTERM" in str(e.value.code)) == marked
+    assert ("failed" in str(e.value.code)) != marked
+
+
+def test_a_missing_image_source_is_named_before_any_tokenizer_trains(tmp_path):
+    """A corpus built before the split folders keeps its scenes in media/image: the tokenizers step names the
+    missing media/image/train and the fix, instead of training the VQ on nothing ("sources is empty")."""
+    from omniseq.config import ConfigError
+    from omniseq.recipe import Recipe, RecipeConfig
+
+    (tmp_path / "corpus" / "media" / "image").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"image_sources: .*media/image/train.* not found; rebuild the corpus"):
+        Recipe(RecipeConfig(out=str(tmp_path))).tokenizers()
+    assert not (tmp_path / "tokenizers" / "text").exists()

@@ -17,6 +17,9 @@ from omniseq.vocab import MODALITIES
 # The exit status of a stage that SIGTERM stopped after its checkpoint: 128 + SIGTERM, what a shell reports for
 # a process SIGTERM ended, so schedulers, `&&` chains and the recipe read "preempted", not "done".
 STOPPED_EXIT = 143
+# Written into out_dir by rank 0 when SIGTERM stopped the stage ({"step": N}), removed when a run starts: under
+# torchrun the launcher exits 1, not 143, and the recipe reads this to tell a stop from a failure.
+STOPPED_FILE = "stopped.json"
 
 PRECISIONS = ("auto", "bf16", "fp32")
 # attention backends a training stage can use: its rows pack several documents, and sdpa_causal (one causal

@@ -26,6 +26,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from omniseq.atomic import write_text_atomic
 from omniseq.config import ConfigError, save_config
 from omniseq.data.loader import stream_from_config
 from omniseq.data.shardset import read_manifest
@@ -36,7 +37,7 @@ from omniseq.model.precision import use_bf16
 from omniseq.model.transformer import Transformer
 from omniseq.train import checkpoint as ckpt
 from omniseq.train.budget import TimeBudget, steps_that_fit
-from omniseq.train.config import StageConfig
+from omniseq.train.config import STOPPED_FILE, StageConfig
 from omniseq.train.logger import RunLogger, device_peak_tflops, plot_loss_curves
 from omniseq.train.schedule import WarmupCosine
 from omniseq.vocab import MODALITIES, VocabLayout
@@ -443,6 +444,8 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg = self.cfg
+        if self.rank == 0:
+            (self.out / STOPPED_FILE).unlink(missing_ok=True)  # an earlier stop's; this run has not stopped
         if self.resumed_from:
             self.log.write(f"resumed from {self.ckpt_root / self.resumed_from} at step {self.step}")
         tokens, t0, last = 0.0, time.perf_counter(), {}
@@ -475,6 +478,8 @@ class Trainer:
             if self.step % cfg.save_every == 0 or stop.item() > 0:
                 self.save()
             if stop.item() > 0:
+                if self.rank == 0:
+                    write_text_atomic(self.out / STOPPED_FILE, json.dumps({"step": self.step}) + "\n")
                 self.log.write(f"SIGTERM: checkpoint written at step {self.step}; exiting")
                 self.log.close()
                 return {"stopped_at": self.step}

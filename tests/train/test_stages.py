@@ -83,22 +83,29 @@ def test_time_budget_shortens_the_schedule_on_every_rank(train_world, tmp_path):
 
 def test_sigterm_to_the_launcher_stops_both_ranks_at_one_checkpoint_and_a_rerun_resumes(train_world, tmp_path):
     """A preemption as a scheduler sends it: SIGTERM to torchrun, which passes it to both ranks. They finish the
-    step, write one checkpoint together and each exit 143 (torchrun itself then exits 1: its SignalException).
-    The checkpoint is complete, nothing is exported, and a rerun resumes there and finishes the stage."""
+    step, write one checkpoint together and say so (each rank then exits 143, and torchrun itself 1: its
+    SignalException). The checkpoint is complete, nothing is exported, stopped.json names the step for the
+    recipe, and a rerun resumes there, finishes the stage and removes stopped.json."""
+    from omniseq.train.config import STOPPED_FILE
+
     steps = 40
     cfg = stage_yaml(train_world, tmp_path / "run.yaml", steps=steps, save_every=1000, log_every=1)
     out = tmp_path / "run"
-    proc = launch(cfg, nproc=2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and 3 not in (losses(out) if (out / "metrics.jsonl").exists() else {}):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    log, _ = proc.communicate(timeout=300)
+    with (tmp_path / "launcher.log").open("w") as sink:  # a file, not a pipe nobody reads while it trains
+        proc = launch(cfg, nproc=2, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and 3 not in (losses(out) if (out / "metrics.jsonl").exists() else {}):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    log = (tmp_path / "launcher.log").read_text()
     assert proc.returncode != 0, log[-3000:]  # `make stage1 && make stage2` stops here
     stopped = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
     assert 3 <= stopped < steps and not (out / "export").exists(), log[-3000:]
     assert log.count(f"stopped by SIGTERM at step {stopped} (checkpointed)") == 2  # both ranks, the same step
     assert (out / "checkpoints" / f"step{stopped:08d}" / "COMPLETE").exists()
+    assert json.loads((out / STOPPED_FILE).read_text()) == {"step": stopped}
     res = launch(cfg, nproc=2)
     assert f"at step {stopped}" in res.stdout + res.stderr
     assert json.loads((out / "result.json").read_text())["steps"] == steps and (out / "export").is_dir()
+    assert not (out / STOPPED_FILE).exists()
