@@ -12,8 +12,9 @@ Honest reference rows use the same prompts: `random` (the same architecture with
 `blind` (the trained model with the condition removed: media questions without their media, media
 requests with an empty request), which shows how much of a score the condition explains. The `tokenizer`
 row generates nothing: each item's own media after its tokenizer's round trip, read back and scored as an
-answer is. For text -> media it is the ceiling of generation through that tokenizer (a shape the decoder
-blurs cannot be drawn right); for media -> text, how much of the attributes the model's input still holds.
+answer is. For text -> media it shows what the tokenizer carries of real items (a shape its decoder blurs
+is hard to draw right), a reference, not a bound: a model may draw more typical media than a held-out item.
+For media -> text, how much of the attributes the model's input still holds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from omniseq.atomic import write_text_atomic
@@ -108,15 +110,19 @@ def blind(item: Item) -> list[Segment]:
 
 def budget(item: Item, layout, text_tokens: int) -> int:
     """Tokens an answer needs: a short text, or one media span of the kind's size (so that a model that
-    never closes its answer, random weights above all, costs a bounded time)."""
+    never closes its answer, random weights above all, costs a bounded time). Audio gets the reference
+    answer's length and a quarter more, plus half a second: a fixed 3 seconds cut the melodies of a world with
+    more or longer notes short, and the analyser then heard fewer notes than were played."""
     if item.to_text:
         return text_tokens
     cb = layout.codebook(KIND_MODALITY[item.kind])
     if item.kind == "image":
         return cb.tokens_per_frame() + 4
     if item.kind == "video":
-        return 8 * (cb.tokens_per_frame() + 1) + 4  # up to 8 frames
-    return int(3 * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4  # audio: up to 3 seconds
+        return 8 * (cb.tokens_per_frame() + 1) + 4  # the demo's clips (<= 12 frames at 8 fps) tokenize to <= 6
+    reference = next(s.media for s in item.answer if s.modality == "audio")
+    seconds = 1.25 * sf.info(str(reference)).duration + 0.5
+    return int(seconds * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
 
 
 def as_heard(codec, media, modality: str, target: int):

@@ -74,6 +74,11 @@ def test_split_holds_out_items_of_every_kind(corpus):
         held = [json.loads(x)["meta"]["id"] for x in (corpus / f"{kind}.eval.jsonl").read_text().splitlines()]
         assert len(held) >= 1 and not set(train) & set(held)
         assert len(train) + len(held) == TINY["counts"][kind] == counts["train"] + counts["eval"]
+        for split in ("train", "eval"):  # the tokenizers train on media/<kind>/train: no held-out file may be there
+            lines = [json.loads(x) for x in (corpus / f"{kind}.{split}.jsonl").read_text().splitlines()]
+            paths = {next(v for k, v in ln.items() if k in ("image", "audio", "video")) for ln in lines}
+            assert all(p.startswith(f"media/{kind}/{split}/") for p in paths), (kind, split)
+            assert len(list((corpus / "media" / kind / split).iterdir())) == len(paths)
 
 
 def test_held_out_scenes_melodies_and_videos_have_captions_never_trained_on(tmp_path):

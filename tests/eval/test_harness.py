@@ -69,7 +69,9 @@ def test_generated_audio_is_analysed_at_the_analysers_rate_and_kept_at_the_codec
             [np.zeros(1, np.int64)] * len(prompts),
         ),
     )
-    item = Item("text2melody", "melody", [Segment("text", text="play C E G B", role="user")], {"notes": notes})
+    dm.save_wav(dm.render_melody(notes, 0.3), tmp_path / "ref.wav")
+    answer = [Segment("audio", media=str(tmp_path / "ref.wav"), role="assistant")]
+    item = Item("text2melody", "melody", [Segment("text", text="play C E G B", role="user")], {"notes": notes}, answer)
     rows, said, made = harness.score_rows(session, [item], [Prompt(item.prompt, "audio")], None, 8)
     assert rows[0]["main"] == 1.0 and said[0]["scored_as"] == "C E G B"
     assert made[0] is at_24k  # the gallery writes it at the codec's rate (media_rate)
@@ -110,3 +112,16 @@ def test_the_tokenizer_row_scores_each_items_own_media_after_the_round_trip(tmp_
     assert [r["main"] for r in kept] == [1.0, 1.0] and encoded == [path]
     lost = harness.tokenizer_rows(session(lambda codes: np.zeros((32, 32, 3), np.uint8)), items, None)
     assert [r["main"] for r in lost] == [0.0, 0.0]
+
+
+def test_an_audio_answer_may_run_a_quarter_longer_than_its_reference(tmp_path):
+    """A 16-note melody of 0.3 s notes (4.8 s) got 3 seconds before, and its last notes were never heard."""
+    layout = SimpleNamespace(codebook=lambda m: SimpleNamespace(rate=50, layers_in_ids=2))
+    budgets = []
+    for seconds in (1.2, 4.8):
+        dm.save_wav(np.zeros(int(seconds * SAMPLE_RATE), np.float32), tmp_path / "ref.wav")
+        answer = [Segment("audio", media=str(tmp_path / "ref.wav"), role="assistant")]
+        item = Item("text2melody", "melody", [Segment("text", text="play", role="user")], {}, answer)
+        budgets.append(harness.budget(item, layout, 8))
+    assert budgets == [int((1.25 * s + 0.5) * 50 * 2) + 2 + 4 for s in (1.2, 4.8)]
+    assert budgets[1] > 4.8 * 50 * 2  # the whole melody fits
