@@ -19,6 +19,7 @@ For media -> text, how much of the attributes the model's input still holds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -196,6 +197,24 @@ def perplexity(model: Transformer, layout, sources: list[str], batches: int, dev
     return {m: math.exp(ce[i] / n[i]) for i, m in enumerate(MODALITIES) if n[i] > 0}
 
 
+def distinct_media(tasks: list[str], made: list) -> dict[str, int]:
+    """Per task that generated media, how many of its answers differ, by content. Greedy decoding draws one
+    answer per request, so a direction's score may rest on a handful of drawings (the real recipe's 60 text ->
+    digit image items were 19 images, docs/benchmarks.md); missing spans are not counted."""
+    seen: dict[str, set] = defaultdict(set)
+    for task, media in zip(tasks, made):
+        if media is not None:
+            a = np.ascontiguousarray(np.asarray(media))
+            seen[task].add(hashlib.sha1(f"{a.shape}{a.dtype}".encode() + a.tobytes()).hexdigest())
+    return {task: len(kinds) for task, kinds in seen.items()}
+
+
+def distinct_line(table: dict) -> str:
+    """The line under a table: distinct generated media of the trained row, of its items."""
+    cells = [f"{t} {row['distinct']} of {row['n']}" for t, row in sorted(table.items()) if "distinct" in row]
+    return f"\ndistinct generated media (trained): {', '.join(cells)}" if cells else ""
+
+
 def task_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per task, the mean of each score over its rows. Reads the rows without changing them: results.json
     keeps them, task labels included."""
@@ -240,6 +259,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if "tokenizer" in cfg.references:
         results["rows"]["tokenizer"] = tokenizer_rows(session, items, recogniser)
     results["table"] = {name: task_means(rows) for name, rows in results["rows"].items()}
+    for task, n in distinct_media([it.task for it in items], made).items():
+        results["table"]["trained"][task]["distinct"] = n
     if cfg.perplexity_sources:
         results["perplexity"] = perplexity(session.model, session.layout, cfg.perplexity_sources,
                                            cfg.perplexity_batches, session.device)  # fmt: skip
@@ -264,6 +285,8 @@ def format_table(results: dict) -> str:
         cells = [results["table"][n].get(t, {}).get("main") for n in names]
         n = results["table"][names[0]].get(t, {}).get("n", 0)
         lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells) + " |")
+    if distinct := distinct_line(results["table"]["trained"]):
+        lines.append(distinct)
     if "perplexity" in results:
         ppl = ", ".join(f"{m} {v:.2f}" for m, v in results["perplexity"].items())
         lines.append(f"\nheld-out perplexity per modality (trained): {ppl}")

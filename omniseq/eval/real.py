@@ -43,7 +43,7 @@ from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
 from omniseq.eval.gallery import write_gallery
-from omniseq.eval.harness import Item, as_heard, check_rows, load_items
+from omniseq.eval.harness import Item, as_heard, check_rows, distinct_line, distinct_media, load_items
 from omniseq.eval.metrics import edit_distance
 from omniseq.eval.real_scorers import SAMPLE_RATE, load_or_train
 from omniseq.model.transformer import Transformer
@@ -387,6 +387,8 @@ def evaluate(cfg: RealEvalConfig) -> dict:
                 by_task[item.task].append(s)
         for task, ss in by_task.items():
             table[name][task] = {"main": float(np.mean(ss)), "n": len(ss)}
+    for task, n in distinct_media([it.task for it in items], generated).items():
+        table["trained"][task]["distinct"] = n
     for task, row in table["trained"].items():
         scores = [s for it, s in zip(items, per_row["trained"]) if it.task == task]
         graded = task == "speech2text"  # LJ's word accuracy: no binomial tail
@@ -417,6 +419,8 @@ def format_table(results: dict) -> str:
         p_cell = "-" if p is None else "< 0.001" if p < 1e-3 else f"{p:.3f}"
         lines.append(f"| {t} | {n} | " + " | ".join("-" if c is None else f"{100 * c:.0f}%" for c in cells)
                      + f" | {p_cell} |")  # fmt: skip
+    if distinct := distinct_line(results["table"]["trained"]):
+        lines.append(distinct)
     if results.get("skipped_too_long"):
         skipped = ", ".join(f"{t} {n}" for t, n in results["skipped_too_long"].items())
         lines.append(f"\nskipped (prompt + answer longer than the model's context): {skipped}")

@@ -45,6 +45,8 @@ def test_results_json_rows_keep_their_task_labels(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["task"] for r in results["rows"]["trained"]] == ["text2image", "image2text"]
     assert results["table"]["trained"]["image2text"] == {"main": 1.0, "exact": 1.0, "n": 1}
+    assert results["table"]["trained"]["text2image"]["distinct"] == 1  # media directions count their drawings
+    assert "distinct generated media (trained): text2image 1 of 1" in (tmp_path / "results.md").read_text()
     # the generated image is in the gallery, named by what was asked and made of it; the text answer is not
     assert results["gallery"]["sheets"] == {"text2image": "text2image.png"}
     assert [p.name for p in (tmp_path / "generated" / "text2image").iterdir()] == ["000-draw_it-as-it.png"]
@@ -125,3 +127,11 @@ def test_an_audio_answer_may_run_a_quarter_longer_than_its_reference(tmp_path):
         budgets.append(harness.budget(item, layout, 8))
     assert budgets == [int((1.25 * s + 0.5) * 50 * 2) + 2 + 4 for s in (1.2, 4.8)]
     assert budgets[1] > 4.8 * 50 * 2  # the whole melody fits
+
+
+def test_distinct_media_counts_different_answers_by_content():
+    """Greedy decoding draws one image per request: equal arrays are one drawing, a missing span none."""
+    a, b = np.zeros((4, 4, 3), np.uint8), np.ones((4, 4, 3), np.uint8)
+    made = [a, a.copy(), b, None, np.zeros(48, np.uint8), np.zeros((4, 12), np.uint8)]
+    tasks = ["text2image"] * 4 + ["text2sound"] * 2
+    assert harness.distinct_media(tasks, made) == {"text2image": 2, "text2sound": 2}  # same bytes, other shape

@@ -311,7 +311,8 @@ def test_evaluate_finds_a_constant_answer_not_above_chance_on_unbalanced_labels(
 
     def score_model(session, items, scorers, text_tokens, words_only=False):
         said = [{"task": it.task, "label": it.meta["label"], "scored_as": "zero"} for it in items]
-        return [float(it.meta["label"] == "zero") for it in items], said, [None] * len(items)
+        zero = np.zeros((32, 32, 3), np.uint8)  # one drawing for every request
+        return [float(it.meta["label"] == "zero") for it in items], said, [zero] * len(items)
 
     no_reference = lambda session, items, scorers: {row: [None] * len(items) for row in ("specialist", "tokenizer")}
     monkeypatch.setattr(real, "SamplingSession", lambda cfg: SimpleNamespace(codec=SimpleNamespace(media={})))
@@ -325,6 +326,8 @@ def test_evaluate_finds_a_constant_answer_not_above_chance_on_unbalanced_labels(
     assert table["trained"]["text2digit_image"]["main"] == pytest.approx(14 / 60)
     assert table["chance"]["text2digit_image"]["main"] == pytest.approx(14 / 60)
     assert table["trained"]["text2digit_image"]["p_chance"] > 0.4
+    assert table["trained"]["text2digit_image"]["distinct"] == 1  # and the table says it drew one image
+    assert "text2digit_image 1 of 60" in (tmp_path / "eval" / "results.md").read_text()
 
 
 class ToneScorer:
