@@ -216,7 +216,9 @@ class Recipe:
 
         corpus = self.out / "corpus"
         images = [corpus / s for s in self.cfg.image_sources]
-        missing = [str(p) for p in images if not p.is_dir()]  # a real corpus without emoji has no emoji folder
+        if not images:
+            raise ConfigError("image_sources: empty; name the image folders (or .npz files) under the corpus")
+        missing = [str(p) for p in images if not p.exists()]  # a real corpus without emoji has no emoji folder
         if len(missing) == len(images):
             raise ConfigError(f"image_sources: {missing} not found; rebuild the corpus (--redo corpus: corpora "
                               "built before 2026-12-08 keep their scenes in media/image) or fix the key")  # fmt: skip
@@ -272,10 +274,11 @@ class Recipe:
             overrides.append(f"data.sources=[{srcs}]")
         launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={self.cfg.nproc}",
                   f"--master_port={free_port()}"] if self.cfg.nproc > 1 else [sys.executable]  # fmt: skip
-        marker = Path(stage.out_dir) / STOPPED_FILE
+        out = REPO / stage.out_dir  # the stage runs in REPO: a relative out_dir is relative to it
+        marker = out / STOPPED_FILE
         marker.unlink(missing_ok=True)  # the trainer removes it too, but a run that fails before that must not find it
         run([*launch, "-m", "omniseq.train", "--config", str(config), *overrides], stopped=marker)
-        result = json.loads((Path(stage.out_dir) / "result.json").read_text())
+        result = json.loads((out / "result.json").read_text())
         held = f"; held-out {result['eval/loss']:.3f}" if "eval/loss" in result else ""
         short = result.get("steps", stage.steps) < stage.steps
         fitted = f"; {result['steps']} of {stage.steps} steps fit train_minutes" if short else ""

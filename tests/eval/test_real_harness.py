@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import omniseq.eval.real as real
@@ -89,6 +90,21 @@ def test_chained_answers_are_not_forced_and_get_room_for_the_label(tiny_layout):
     assert (forced(direct), budget(direct, tiny_layout, 32)) == ("image", image)
     assert (forced(chained), budget(chained, tiny_layout, 32)) == (None, 32 + image)
     assert forced(Item("digit_image2text", "digit_image", [], {}, [said])) is None
+
+
+def test_a_sound_longer_than_the_kinds_budget_gets_its_length_and_a_tenth(tiny_layout, tmp_path):
+    """sound_seconds=4 in the corpus: its 4 s references were cut at the fixed 2.2 s before; the default 2 s
+    clips keep the 2.2 s budget they were measured with."""
+    cb = tiny_layout.codebook("audio")
+    budgets = {}
+    for seconds in (2.0, 4.0):
+        path = tmp_path / f"{seconds}.wav"
+        sf.write(path, np.zeros(int(seconds * AUDIO_RATE), np.float32), AUDIO_RATE)
+        item = Item("text2sound", "sound", [], {}, [Segment("audio", media=str(path), role="assistant")])
+        budgets[seconds] = budget(item, tiny_layout, 32)
+    per_second = cb.rate * cb.layers_in_ids
+    assert budgets[2.0] == int(2.2 * per_second) + cb.layers_in_ids + 4
+    assert budgets[4.0] == int(1.1 * 4.0 * per_second) + cb.layers_in_ids + 4
 
 
 def test_chance_tail_of_1100_items_equals_the_exact_sum():
