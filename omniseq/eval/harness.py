@@ -121,9 +121,16 @@ def budget(item: Item, layout, text_tokens: int) -> int:
         return cb.tokens_per_frame() + 4
     if item.kind == "video":
         return 8 * (cb.tokens_per_frame() + 1) + 4  # the demo's clips (<= 12 frames at 8 fps) tokenize to <= 6
-    reference = next(s.media for s in item.answer if s.modality == "audio")
-    seconds = 1.25 * sf.info(str(reference)).duration + 0.5
+    if not (reference := answer_seconds(item)):
+        raise ValueError(f"{item.task} item {item.meta.get('id')}: no reference audio answer to size its budget by")
+    seconds = 1.25 * reference + 0.5
     return int(seconds * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
+
+
+def answer_seconds(item: Item) -> float:
+    """Length of the item's reference audio answer in seconds; 0 when it has none (both harnesses' budgets)."""
+    reference = next((s.media for s in item.answer if s.modality == "audio" and s.media is not None), None)
+    return sf.info(str(reference)).duration if reference is not None else 0.0
 
 
 def as_heard(codec, media, modality: str, target: int):
@@ -157,10 +164,8 @@ def score_rows(session: SamplingSession, items: list[Item], prompts: list[Prompt
                 pred = {}
             else:
                 decoded = session.codec.render(media)  # at the codec's rate: the gallery plays it so
-                heard = as_heard(session.codec, decoded, KIND_MODALITY[item.kind], SAMPLE_RATE)
-                pred = analyse(item.kind, heard, recogniser) if item.kind != "speech" or recogniser else {}
-        scores = compare(item.kind, pred, item.meta)
-        rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
+                pred = read_back(session, item.kind, decoded, recogniser)
+        rows.append(score_row(item, pred))
         asked = "".join(s.text for s in item.prompt if s.modality == "text").strip()
         said.append({"task": item.task, "label": asked, "scored_as": describe(pred), "score": rows[-1]["main"]})
         made.append(decoded)
@@ -178,11 +183,22 @@ def tokenizer_rows(session: SamplingSession, items: list[Item], recogniser) -> l
         media = next(s.media for s in (item.prompt if item.to_text else item.answer) if s.modality == modality)
         if media not in read:
             tok = session.codec.media[modality]
-            heard = as_heard(session.codec, tok.decode(tok.encode(media)), modality, SAMPLE_RATE)
-            read[media] = analyse(item.kind, heard, recogniser) if item.kind != "speech" or recogniser else {}
-        scores = compare(item.kind, read[media], item.meta)
-        rows.append({"task": item.task, "main": main_score(item.kind, scores), **scores})
+            read[media] = read_back(session, item.kind, tok.decode(tok.encode(media)), recogniser)
+        rows.append(score_row(item, read[media]))
     return rows
+
+
+def read_back(session: SamplingSession, kind: str, decoded, recogniser) -> dict:
+    """What the analysers read in decoded media of `kind` (at its codec's rate); nothing from speech without
+    the recogniser."""
+    heard = as_heard(session.codec, decoded, KIND_MODALITY[kind], SAMPLE_RATE)
+    return analyse(kind, heard, recogniser) if kind != "speech" or recogniser else {}
+
+
+def score_row(item: Item, pred: dict) -> dict:
+    """One row of a table: the item's direction, its main score and every attribute's, for what was read."""
+    scores = compare(item.kind, pred, item.meta)
+    return {"task": item.task, "main": main_score(item.kind, scores), **scores}
 
 
 @torch.no_grad()

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from scipy.stats import binom
 
@@ -44,7 +43,15 @@ from omniseq.config import ConfigError, load_config
 from omniseq.data.real_sets import DEFAULT_DATA
 from omniseq.document import Segment
 from omniseq.eval.gallery import write_gallery
-from omniseq.eval.harness import Item, as_heard, check_rows, distinct_line, distinct_media, load_items
+from omniseq.eval.harness import (
+    Item,
+    answer_seconds,
+    as_heard,
+    check_rows,
+    distinct_line,
+    distinct_media,
+    load_items,
+)
 from omniseq.eval.metrics import edit_distance
 from omniseq.eval.real_scorers import SAMPLE_RATE, load_or_train
 from omniseq.model.transformer import Transformer
@@ -141,8 +148,7 @@ def budget(item: Item, layout, text_tokens: int) -> int:
         return words + cb.tokens_per_frame() + 4
     # at least the kind's budget, and a tenth over the reference answer where it is longer: a corpus with
     # sound_seconds=4 had its sounds cut at 2.2 s, and the scorer heard half of each
-    reference = next((s.media for s in item.answer if s.modality == "audio" and s.media is not None), None)
-    seconds = max(AUDIO_SECONDS[dst], 1.1 * sf.info(str(reference)).duration if reference else 0.0)
+    seconds = max(AUDIO_SECONDS[dst], 1.1 * answer_seconds(item))
     return words + int(seconds * cb.rate * cb.layers_in_ids) + cb.layers_in_ids + 4
 
 
